@@ -1,0 +1,3 @@
+from khaosync.cli.app import main
+
+main()

@@ -1,0 +1,17 @@
+"""Rich renderings of library objects, shared by commands."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from khaosync.store.db import ExceptionRow
+
+
+def exceptions_table(rows: list[ExceptionRow]) -> Table:
+    table = Table(title=f"{len(rows)} exception(s)", title_justify="left")
+    for col in ("id", "type", "sev", "owner", "status", "records", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        recs = ", ".join(r.records[:3]) + (f" +{len(r.records) - 3}" if len(r.records) > 3 else "")
+        table.add_row(str(r.id), r.type, r.severity, r.owner, r.status, recs, r.reason)
+    return table

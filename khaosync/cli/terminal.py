@@ -1,0 +1,47 @@
+"""The one console. Human messages go to stderr, gated by verbosity; data goes to stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+
+class Terminal:
+    def __init__(self, verbosity: int = 0, width: int | None = None):
+        self.verbosity = verbosity
+        self.err = Console(stderr=True, width=width, highlight=False, soft_wrap=False)
+        self.out = Console(file=sys.stdout, width=width, highlight=False, soft_wrap=True)
+
+    # human output, stderr -------------------------------------------------------------
+    def info(self, message: Any) -> None:
+        if self.verbosity >= 0:
+            self.err.print(message)
+
+    def detail(self, message: Any) -> None:
+        if self.verbosity >= 1:
+            self.err.print(message, style="dim")
+
+    def warn(self, message: str) -> None:
+        if self.verbosity >= 0:
+            self.err.print(f"[yellow]warning:[/yellow] {message}")
+
+    def error(self, message: str) -> None:
+        # Errors print even with -q: cron must see why a run failed.
+        self.err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+
+    def banner(self, sandbox: bool, profile: str) -> None:
+        if sandbox:
+            self.info("[bold black on yellow] SANDBOX [/] emulated Khaos Control and Ometria; nothing real is touched")
+        else:
+            self.detail(f"profile: {profile}")
+
+    # data, stdout -------------------------------------------------------------------------
+    def json(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        sys.stdout.flush()
+
+    def data(self, renderable: Any) -> None:
+        self.out.print(renderable)

@@ -1,0 +1,211 @@
+"""Opening the state store, migrating it, and the tables every stage shares (runs, exceptions).
+
+Stage-specific reads and writes live beside their stage's tables (``khaosync.store.staging``
+for pull, and so on); this module only owns the connection and the lifecycle of a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from khaosync.errors import ConfigError
+from khaosync.store.lock import StateLock
+from khaosync.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class ExceptionRow:
+    id: int
+    type: str
+    severity: str
+    owner: str
+    stage: str
+    entity: str | None
+    record_key: str | None
+    reason: str
+    records: list[str]
+    first_seen: str
+    last_seen: str
+    resolved_at: str | None
+
+    @property
+    def status(self) -> str:
+        return "resolved" if self.resolved_at else "open"
+
+
+class StateStore:
+    """A migrated SQLite connection. Writers hold the lock; readers may open without it."""
+
+    def __init__(self, path: str | Path, conn: sqlite3.Connection, lock: StateLock | None):
+        self.path = Path(path)
+        self.conn = conn
+        self.lock = lock
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        self.conn.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> "StateStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit: committed on success, rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # -- runs --------------------------------------------------------------------------------
+    def start_run(self, command: str, profile: str) -> int:
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO run(command, profile, started_at) VALUES (?, ?, ?)", (command, profile, utcnow())
+            )
+            return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str, summary: dict | None = None) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE run SET finished_at = ?, status = ?, summary = ? WHERE id = ?",
+                (utcnow(), status, json.dumps(summary, sort_keys=True, default=str) if summary else None, run_id),
+            )
+
+    # -- exceptions -------------------------------------------------------------------------
+    def record_exception(
+        self,
+        *,
+        run_id: int,
+        type: str,
+        severity: str,
+        owner: str,
+        stage: str,
+        reason: str,
+        records: list[str],
+        entity: str | None = None,
+        record_key: str | None = None,
+        detail: dict | None = None,
+    ) -> int:
+        """Open (or re-see) one finding. The same type/stage/records is one row, not many."""
+        fingerprint = hashlib.sha256(
+            json.dumps([type, stage, entity, sorted(records)], sort_keys=True).encode()
+        ).hexdigest()
+        now = utcnow()
+        row = self.conn.execute(
+            """
+            INSERT INTO exception(type, severity, owner, stage, entity, record_key, fingerprint, reason,
+                                  records, detail, first_seen, last_seen, first_run, last_run)
+            VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+            ON CONFLICT(fingerprint) DO UPDATE SET
+                last_seen = excluded.last_seen, last_run = excluded.last_run, reason = excluded.reason,
+                severity = excluded.severity, owner = excluded.owner, detail = excluded.detail,
+                resolved_at = NULL
+            RETURNING id
+            """,
+            (
+                type, severity, owner, stage, entity, record_key, fingerprint, reason,
+                json.dumps(sorted(records)), json.dumps(detail, sort_keys=True, default=str) if detail else None,
+                now, now, run_id, run_id,
+            ),
+        ).fetchone()
+        return int(row[0])
+
+    def resolve_unseen_exceptions(self, run_id: int, stage: str, types: list[str], entity: str | None = None) -> int:
+        """Close the findings of ``stage`` that this run, having looked again, no longer saw."""
+        q = ",".join("?" * len(types))
+        sql = f"UPDATE exception SET resolved_at = ? WHERE resolved_at IS NULL AND stage = ? AND type IN ({q}) AND last_run < ?"
+        args: list = [utcnow(), stage, *types, run_id]
+        if entity is not None:
+            sql += " AND entity = ?"
+            args.append(entity)
+        return self.conn.execute(sql, args).rowcount
+
+    def exceptions(self, *, open_only: bool = False, owner: str | None = None, type: str | None = None) -> list[ExceptionRow]:
+        sql = ("SELECT id, type, severity, owner, stage, entity, record_key, reason, records, first_seen, "
+               "last_seen, resolved_at FROM exception WHERE 1=1")
+        args: list = []
+        if open_only:
+            sql += " AND resolved_at IS NULL"
+        if owner:
+            sql += " AND owner = ?"
+            args.append(owner)
+        if type:
+            sql += " AND type = ?"
+            args.append(type)
+        sql += " ORDER BY id"
+        return [
+            ExceptionRow(*r[:8], json.loads(r[8]), *r[9:]) for r in self.conn.execute(sql, args).fetchall()
+        ]
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise ConfigError(
+            f"state {path} has schema version {current}, newer than this khaosync ({SCHEMA_VERSION}); upgrade khaosync"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        _, sql = MIGRATIONS[version - 1]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def open_store(path: str | Path, *, write: bool = True, command: str | None = None) -> StateStore:
+    """Open (creating and migrating if needed) the state store at ``path``.
+
+    ``write=True`` takes the lock first: a second writer gets ``StateLockedError``.
+    A reader of a store that does not exist yet gets a ``ConfigError``.
+    """
+    path = Path(path)
+    lock = None
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = StateLock(path)
+        lock.acquire(command)
+    elif not path.exists():
+        raise ConfigError(f"no state at {path}: run `khaosync pull` first (or pass --state)")
+    try:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if write:
+            _migrate(conn, path)
+        return StateStore(path, conn, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
