@@ -9,6 +9,7 @@ environment variables or the config file, are held as ``SecretStr`` and never pr
 from __future__ import annotations
 
 import ipaddress
+from datetime import date
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +122,14 @@ class OmetriaSettings(Strict):
         return SecretStr(value)
 
 
+class PullSettings(Strict):
+    """How far back pull looks (see docs/pull.md)."""
+
+    lookback_hours: float = Field(default=24, ge=0, description="re-read this much before each bookmark")
+    order_window_days: int = Field(default=7, ge=1, le=366, description="ExportOrders date window per request")
+    history_start: date = Field(default=date(2015, 1, 1), description="where a --full pull starts")
+
+
 class SandboxSettings(Strict):
     path: str = DEFAULT_SANDBOX_PATH
 
@@ -135,6 +144,7 @@ class Profile(Strict):
     mappings: list[str] = Field(default_factory=lambda: ["mappings/default.yaml"])
     state: str = DEFAULT_STATE_PATH
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    pull: PullSettings = Field(default_factory=PullSettings)
     source: str | None = Field(default=None, description="the config file this came from, if any")
 
     @model_validator(mode="after")

@@ -11,15 +11,71 @@ from khaosync.cli.context import app_context
 from khaosync.errors import EXIT_FINDINGS
 
 
+def _parse_since(text: str):
+    from datetime import datetime, timezone
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"--since {text!r}: expected YYYY-MM-DD or an ISO datetime") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _pull_source(c, source: str, path: str | None):
+    from pathlib import Path
+
+    from khaosync.connect import Connections
+    from khaosync.stages.pull import FileSource, SoapSource
+
+    connections = Connections(c.profile)
+    if source == "files":
+        if not path:
+            raise typer.BadParameter("--source files needs --path FOLDER")
+        if not Path(path).is_dir():
+            raise typer.BadParameter(f"--path {path}: not a folder")
+        return FileSource(Path(path))
+    if source != "soap":
+        raise typer.BadParameter(f"--source {source!r}: choose soap or files")
+    notes = connections.credit_notes_folder()
+    return SoapSource(connections.khaos_client(), c.profile, FileSource(notes) if notes and notes.is_dir() else None)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
-    def pull(ctx: typer.Context) -> None:
+    def pull(
+        ctx: typer.Context,
+        since: Optional[str] = typer.Option(None, help="Read changes from this date (YYYY-MM-DD or ISO datetime, UTC)."),
+        full: bool = typer.Option(False, "--full", help="Ignore bookmarks: re-read everything from pull.history_start."),
+        entity: Optional[list[str]] = typer.Option(None, "--entity", help="customers, stock, orders or credit-notes (repeatable)."),
+        source: str = typer.Option("soap", help="soap (the KC web service) or files (a folder of KC exports)."),
+        path: Optional[str] = typer.Option(None, "--path", help="With --source files: the export folder."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    ) -> None:
         """Read Khaos Control into the state store, incrementally.
 
-        Example: khaosync pull --since 2026-10-01
+        Each record is stored raw and parsed with a content hash; an unchanged record adds no
+        version. Bookmarks move only after the records they cover are committed.
+
+        Example: khaosync pull --since 2026-10-01 --entity orders
         """
-        app_context(ctx).profile
-        not_built("pull", "issue 3")
+        from khaosync.cli.render import pull_table
+        from khaosync.stages.pull import pull as run_pull
+
+        c = app_context(ctx)
+        if since and full:
+            raise typer.BadParameter("--since and --full exclude each other")
+        start = _parse_since(since) if since else None
+        with c.open_store("pull") as store:
+            with c.terminal.progress("pulling") as progress:
+                result = run_pull(store, c.profile, _pull_source(c, source, path), entities=entity or None,
+                                  since=start, full=full, progress=progress)
+        summary = {"sandbox": c.profile.is_sandbox, **result.as_dict()}
+        if as_json:
+            c.terminal.json(summary)
+        else:
+            c.terminal.data(pull_table(result))
+        if result.fail_findings:
+            raise typer.Exit(EXIT_FINDINGS)
 
     @app.command("map")
     def map_(ctx: typer.Context) -> None:
@@ -105,6 +161,38 @@ def register(app: typer.Typer) -> None:
         else:
             c.terminal.data(exceptions_table(rows))
         if any(r.severity == "fail" and r.status == "open" for r in rows):
+            raise typer.Exit(EXIT_FINDINGS)
+
+    khaos_app = typer.Typer(help="Khaos Control tools for consultants: what a site's web service offers.", no_args_is_help=True)
+    app.add_typer(khaos_app, name="khaos")
+
+    @khaos_app.command("discover")
+    def khaos_discover(
+        ctx: typer.Context,
+        wsdl: Optional[str] = typer.Option(None, "--wsdl", help="Read a saved WSDL file instead of fetching it."),
+        as_json: bool = typer.Option(False, "--json", help="The report as JSON on stdout."),
+    ) -> None:
+        """Fetch a site's WSDL and mark each operation: used, expected but missing, different, unused.
+
+        A consultant's first command on a new site; exit 1 when an operation khaosync needs is
+        missing or has a different signature.
+
+        Example: khaosync --config site.yaml khaos discover
+        """
+        from pathlib import Path
+
+        from khaosync.cli.render import discover_table
+        from khaosync.connect import Connections
+        from khaosync.khaos.discover import discover
+
+        c = app_context(ctx)
+        document = Path(wsdl).read_bytes() if wsdl else Connections(c.profile).khaos_client().fetch_wsdl()
+        report = discover(document, c.profile.khaos)
+        if as_json:
+            c.terminal.json(report.model_dump(mode="json"))
+        else:
+            c.terminal.data(discover_table(report))
+        if any(op.status in ("expected_missing", "different_signature") for op in report.operations):
             raise typer.Exit(EXIT_FINDINGS)
 
     config_app = typer.Typer(help="Show the resolved configuration.", no_args_is_help=True)

@@ -15,3 +15,13 @@ def exceptions_table(rows: list[ExceptionRow]) -> Table:
         recs = ", ".join(r.records[:3]) + (f" +{len(r.records) - 3}" if len(r.records) > 3 else "")
         table.add_row(str(r.id), r.type, r.severity, r.owner, r.status, recs, r.reason)
     return table
+
+
+def pull_table(result) -> Table:
+    table = Table(title=f"pull run {result.run_id}", title_justify="left")
+    for col in ("entity", "fetched", "new", "changed", "unchanged", "problems", "rejected", "bookmark"):
+        table.add_column(col, justify="left" if col in ("entity", "bookmark") else "right")
+    for name, r in result.entities.items():
+        table.add_row(name, str(r.fetched), str(r.new), str(r.changed), str(r.unchanged), str(r.problems),
+                      str(r.rejected), (r.bookmark_after or "-")[:19])
+    return table

@@ -6,7 +6,11 @@ import json
 import sys
 from typing import Any
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
 class Terminal:
@@ -37,6 +41,23 @@ class Terminal:
             self.info("[bold black on yellow] SANDBOX [/] emulated Khaos Control and Ometria; nothing real is touched")
         else:
             self.detail(f"profile: {profile}")
+
+    @contextmanager
+    def progress(self, label: str) -> Iterator[Callable[[str, int, int | None], None]]:
+        """A live count on stderr for long stages; silent with -q or when stderr is not a terminal."""
+        if self.verbosity < 0 or not self.err.is_terminal:
+            yield lambda name, done, total: None
+            return
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.err, transient=True) as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def update(name: str, done: int, total: int | None) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(f"{label} {name}", total=total)
+                bar.update(tasks[name], completed=done, total=total)
+
+            yield update
 
     # data, stdout -------------------------------------------------------------------------
     def json(self, data: Any) -> None:

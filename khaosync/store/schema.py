@@ -44,6 +44,18 @@ MIGRATIONS: list[tuple[str, str]] = [
             PRIMARY KEY (entity, alias_kind, alias, key)
         );
 
+        -- What could not be staged as a record version: a document that did not parse and whose
+        -- pieces carry no key, a second copy of an id in one answer. Kept byte for byte.
+        CREATE TABLE rejected_payload (
+            id          INTEGER PRIMARY KEY,
+            run_id      INTEGER NOT NULL REFERENCES run(id),
+            entity      TEXT NOT NULL,
+            key         TEXT,
+            reason      TEXT NOT NULL,
+            raw         BLOB NOT NULL,
+            received_at TEXT NOT NULL
+        );
+
         CREATE TABLE bookmark (
             entity     TEXT PRIMARY KEY,
             position   TEXT NOT NULL,       -- ISO UTC datetime covered up to

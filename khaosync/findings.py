@@ -1,0 +1,42 @@
+"""Exception types: their stable names, default severity and default owner.
+
+Every finding khaosync records has one of these types. The mapping file (issue 4) can
+change owners per site; these are the defaults an operator starts from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExceptionType:
+    name: str
+    severity: str  # info | warn | fail
+    owner: str     # ecommerce | crm | finance | integration
+    meaning: str
+
+
+TYPES: dict[str, ExceptionType] = {t.name: t for t in [
+    ExceptionType("malformed_record", "warn", "ecommerce",
+                  "an ERP record that cannot be read or breaks a rule (bad email, unknown currency, negative quantity, broken XML)"),
+    ExceptionType("duplicate_in_response", "warn", "integration",
+                  "the ERP returned the same record id twice in one answer; the first copy was kept"),
+    ExceptionType("total_mismatch", "fail", "finance",
+                  "an order's lines and delivery do not add up to the ERP's own total, to the penny"),
+    ExceptionType("identifier_conflict", "warn", "crm", "one email on several ERP contacts, or held by another Ometria contact"),
+    ExceptionType("split_consignment_duplicate", "fail", "ecommerce", "more than one Ometria order for one ERP sales order"),
+    ExceptionType("product_mismatch", "warn", "ecommerce", "an order line's product unknown, renamed or incomplete"),
+    ExceptionType("refund_gap", "fail", "finance", "a processed credit note not reflected in Ometria"),
+    ExceptionType("consent_gap", "warn", "crm", "opted out on one side and opted in on the other"),
+    ExceptionType("missing_purchase_history", "warn", "crm", "an Ometria contact's purchases do not match the ERP"),
+    ExceptionType("stalled_batch", "fail", "integration", "a journaled push never acknowledged, or push errors not attributed"),
+]}
+
+
+def severity_of(type_name: str) -> str:
+    return TYPES[type_name].severity if type_name in TYPES else "warn"
+
+
+def owner_of(type_name: str) -> str:
+    return TYPES[type_name].owner if type_name in TYPES else "integration"

@@ -1,0 +1,121 @@
+"""Staged ERP records: every version pull has seen, raw and parsed, with its content hash.
+
+An unchanged record adds no version; a changed one becomes version n+1 and the old one stays
+(``current = 0``), so a renamed stock code or URN remains traceable through ``record_alias``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+Outcome = Literal["new", "changed", "unchanged"]
+
+
+@dataclass(frozen=True)
+class StagedRecord:
+    entity: str
+    key: str
+    version: int
+    content_hash: str
+    raw: bytes
+    parsed: dict | None
+    run_id: int
+    seen_at: str
+
+
+def stage(conn: sqlite3.Connection, *, entity: str, key: str, raw: bytes, parsed: str | None, content_hash: str,
+          run_id: int, seen_at: str, aliases: dict[str, str] | None = None) -> Outcome:
+    """Store one record if it is new or changed. Call inside the batch's transaction."""
+    row = conn.execute(
+        "SELECT version, content_hash FROM staged_record WHERE entity = ? AND key = ? AND current = 1", (entity, key)
+    ).fetchone()
+    if row is not None and row[1] == content_hash:
+        return "unchanged"
+    version = 1 if row is None else row[0] + 1
+    if row is not None:
+        conn.execute("UPDATE staged_record SET current = 0 WHERE entity = ? AND key = ? AND current = 1", (entity, key))
+    conn.execute(
+        "INSERT INTO staged_record(entity, key, version, content_hash, raw, parsed, run_id, seen_at, current)"
+        " VALUES (?,?,?,?,?,?,?,?,1)",
+        (entity, key, version, content_hash, raw, parsed, run_id, seen_at),
+    )
+    for kind, alias in (aliases or {}).items():
+        if alias:
+            conn.execute(
+                "INSERT OR IGNORE INTO record_alias(entity, key, alias_kind, alias, first_version) VALUES (?,?,?,?,?)",
+                (entity, key, kind, alias, version),
+            )
+    return "new" if row is None else "changed"
+
+
+def _row(r: tuple) -> StagedRecord:
+    return StagedRecord(r[0], r[1], r[2], r[3], bytes(r[4]), json.loads(r[5]) if r[5] else None, r[6], r[7])
+
+
+_COLUMNS = "entity, key, version, content_hash, raw, parsed, run_id, seen_at"
+
+
+def current(conn: sqlite3.Connection, entity: str, key: str) -> StagedRecord | None:
+    r = conn.execute(f"SELECT {_COLUMNS} FROM staged_record WHERE entity = ? AND key = ? AND current = 1",
+                     (entity, key)).fetchone()
+    return _row(r) if r else None
+
+
+def history(conn: sqlite3.Connection, entity: str, key: str) -> list[StagedRecord]:
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM staged_record WHERE entity = ? AND key = ? ORDER BY version",
+                        (entity, key)).fetchall()
+    return [_row(r) for r in rows]
+
+
+def iter_current(conn: sqlite3.Connection, entity: str) -> Iterator[StagedRecord]:
+    """Current versions in key order, streamed (the cursor is not materialised)."""
+    cur = conn.execute(f"SELECT {_COLUMNS} FROM staged_record WHERE entity = ? AND current = 1 ORDER BY key", (entity,))
+    for r in cur:
+        yield _row(r)
+
+
+def count_current(conn: sqlite3.Connection, entity: str, *, parsed_only: bool = False) -> int:
+    sql = "SELECT count(*) FROM staged_record WHERE entity = ? AND current = 1"
+    if parsed_only:
+        sql += " AND parsed IS NOT NULL"
+    return conn.execute(sql, (entity,)).fetchone()[0]
+
+
+def count_versions(conn: sqlite3.Connection, entity: str | None = None) -> int:
+    if entity is None:
+        return conn.execute("SELECT count(*) FROM staged_record").fetchone()[0]
+    return conn.execute("SELECT count(*) FROM staged_record WHERE entity = ?", (entity,)).fetchone()[0]
+
+
+def keys_by_alias(conn: sqlite3.Connection, entity: str, kind: str, alias: str) -> list[str]:
+    """Which stable ids ever carried this code (a renamed stock code finds its item)."""
+    return [r[0] for r in conn.execute(
+        "SELECT key FROM record_alias WHERE entity = ? AND alias_kind = ? AND alias = ? ORDER BY key", (entity, kind, alias))]
+
+
+def reject(conn: sqlite3.Connection, *, run_id: int, entity: str, key: str | None, reason: str, raw: bytes,
+           received_at: str) -> int:
+    cur = conn.execute(
+        "INSERT INTO rejected_payload(run_id, entity, key, reason, raw, received_at) VALUES (?,?,?,?,?,?)",
+        (run_id, entity, key, reason, raw, received_at),
+    )
+    return int(cur.lastrowid)
+
+
+def get_bookmark(conn: sqlite3.Connection, entity: str) -> str | None:
+    row = conn.execute("SELECT position FROM bookmark WHERE entity = ?", (entity,)).fetchone()
+    return row[0] if row else None
+
+
+def set_bookmark(conn: sqlite3.Connection, entity: str, position: str, run_id: int, now: str) -> None:
+    """Move a bookmark forward only; a re-read of older data never moves it back."""
+    conn.execute(
+        """INSERT INTO bookmark(entity, position, run_id, updated_at) VALUES (?,?,?,?)
+           ON CONFLICT(entity) DO UPDATE SET position = excluded.position, run_id = excluded.run_id,
+               updated_at = excluded.updated_at
+           WHERE excluded.position > bookmark.position""",
+        (entity, position, run_id, now),
+    )
