@@ -25,3 +25,24 @@ def pull_table(result) -> Table:
         table.add_row(name, str(r.fetched), str(r.new), str(r.changed), str(r.unchanged), str(r.problems),
                       str(r.rejected), (r.bookmark_after or "-")[:19])
     return table
+
+
+def discover_table(report) -> Table:
+    table = Table(title=f"{report.service or 'service'} at {report.endpoint or '?'} ({report.style or '?'} style)",
+                  title_justify="left")
+    for col in ("operation", "status", "detail"):
+        table.add_column(col, overflow="fold")
+    order = {"expected_missing": 0, "different_signature": 1, "used": 2, "unused": 3}
+    for op in sorted(report.operations, key=lambda o: (order.get(o.status, 9), o.name)):
+        detail = []
+        if op.our_name and op.our_name != op.name:
+            detail.append(f"ours: {op.our_name}")
+        if op.missing_params:
+            detail.append("site lacks: " + ", ".join(op.missing_params))
+        if op.extra_required_params:
+            detail.append("site requires: " + ", ".join(op.extra_required_params))
+        detail += op.type_differences + op.notes
+        if op.suggestions:
+            detail.append("similar: " + ", ".join(op.suggestions))
+        table.add_row(op.name, op.status, "; ".join(detail))
+    return table
