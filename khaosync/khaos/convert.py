@@ -12,13 +12,19 @@
 
 from __future__ import annotations
 
+import re
+
 from datetime import date, datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 LONDON = ZoneInfo("Europe/London")
 NO_DATE = "1899-12-31T00:00:00"
 KC_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 class ConversionError(ValueError):
@@ -103,22 +109,20 @@ def kc_decimal(value: str | None, *, field: str = "value") -> Decimal | None:
     """Money and quantities as exact decimals; blank -> None."""
     if value is None or value.strip() == "":
         return None
-    try:
-        d = Decimal(value.strip())
-    except InvalidOperation:
-        raise ConversionError(f"{field}: not a decimal: {value!r}") from None
-    if not d.is_finite():
-        raise ConversionError(f"{field}: not a finite decimal: {value!r}")
-    return d
+    text = value.strip()
+    # Plain text only: Decimal() would also take '1_000', '1e3', 'NaN' and non-ASCII digits.
+    if not _DECIMAL.fullmatch(text):
+        raise ConversionError(f"{field}: not a decimal: {value!r}")
+    return Decimal(text)
 
 
 def kc_int(value: str | None, *, field: str = "value") -> int | None:
     if value is None or value.strip() == "":
         return None
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise ConversionError(f"{field}: not an integer: {value!r}") from None
+    text = value.strip()
+    if not _INTEGER.fullmatch(text):  # int() would take '1_000' and non-ASCII digits
+        raise ConversionError(f"{field}: not an integer: {value!r}")
+    return int(text)
 
 
 __all__ = [
