@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from khaosync.cli.context import AppContext, app_context
+from khaosync.cli.context import AppContext
 from khaosync.cli.terminal import Terminal
 from khaosync.errors import KhaosyncError, NotBuiltError
 from typer.core import TyperGroup

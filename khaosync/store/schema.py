@@ -82,6 +82,86 @@ MIGRATIONS: list[tuple[str, str]] = [
             resolved_at TEXT
         );
         CREATE INDEX exception_open ON exception(resolved_at, owner, type);
+        CREATE INDEX exception_record ON exception(entity, record_key);
+        """,
+    ),
+    (
+        "outbound Ometria records, plans, the push journal, the ledger and the failed-record index",
+        """
+        -- What map made: exactly the bytes push will send, and which ERP versions made them.
+        CREATE TABLE outbound_record (
+            type         TEXT NOT NULL,     -- contact | order | product
+            id           TEXT NOT NULL,     -- the Ometria id (never personal data)
+            content_hash TEXT NOT NULL,     -- sha256 of body
+            body         BLOB NOT NULL,     -- canonical JSON, what push sends byte for byte
+            lineage      TEXT NOT NULL,     -- JSON [{"entity", "key", "version"}]
+            state        TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'held')),
+            hold_reason  TEXT,              -- why a held record is not sent (its exception says more)
+            run_id       INTEGER NOT NULL REFERENCES run(id),
+            mapped_at    TEXT NOT NULL,
+            PRIMARY KEY (type, id)
+        );
+
+        -- A reviewed set of records and their hashes; push sends exactly these or refuses.
+        CREATE TABLE plan (
+            id         TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            run_id     INTEGER REFERENCES run(id),
+            scope      TEXT NOT NULL,       -- JSON list of record types the diff covered
+            counts     TEXT NOT NULL,       -- JSON {new, changed, unchanged, void}
+            status     TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'pushed', 'superseded'))
+        );
+        CREATE TABLE plan_record (
+            plan_id      TEXT NOT NULL REFERENCES plan(id),
+            type         TEXT NOT NULL,
+            id           TEXT NOT NULL,
+            change       TEXT NOT NULL CHECK (change IN ('new', 'changed', 'void')),
+            content_hash TEXT NOT NULL,
+            body         BLOB NOT NULL,     -- for void records, the voiding version made by diff
+            PRIMARY KEY (plan_id, type, id)
+        );
+
+        -- The journal: a batch is written here before it is sent, and marked after.
+        CREATE TABLE push_batch (
+            id          INTEGER PRIMARY KEY,
+            plan_id     TEXT REFERENCES plan(id),
+            type        TEXT NOT NULL,
+            records     TEXT NOT NULL,      -- JSON [[id, content_hash], ...], at most 100
+            state       TEXT NOT NULL CHECK (state IN ('journaled', 'accepted', 'failed')),
+            request_id  TEXT,
+            accepted    INTEGER,
+            rejected    INTEGER,
+            created_at  TEXT NOT NULL,
+            answered_at TEXT,
+            error       TEXT
+        );
+        CREATE INDEX push_batch_state ON push_batch(state);
+
+        -- What Ometria accepted from us, per record: the last body and when.
+        CREATE TABLE ledger (
+            type         TEXT NOT NULL,
+            id           TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            body         BLOB NOT NULL,
+            batch_id     INTEGER REFERENCES push_batch(id),
+            request_id   TEXT,
+            accepted_at  TEXT NOT NULL,
+            verified_at  TEXT,              -- read back from Ometria and found equal
+            PRIMARY KEY (type, id)
+        );
+
+        -- Records Ometria refused (or that errored later); retried on the next run.
+        CREATE TABLE failed_record (
+            type          TEXT NOT NULL,
+            id            TEXT NOT NULL,
+            content_hash  TEXT NOT NULL,
+            error_message TEXT NOT NULL,
+            error_path    TEXT,
+            attempts      INTEGER NOT NULL DEFAULT 1,
+            first_failed  TEXT NOT NULL,
+            last_failed   TEXT NOT NULL,
+            PRIMARY KEY (type, id)
+        );
         """,
     ),
 ]

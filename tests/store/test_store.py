@@ -116,3 +116,19 @@ def test_transaction_rolls_back_on_error(tmp_path):
                 c.execute("INSERT INTO run(command, profile, started_at) VALUES ('x', 'y', 'z')")
                 raise RuntimeError("boom")
         assert store.conn.execute("SELECT count(*) FROM run").fetchone()[0] == 0
+
+
+def test_upgrade_from_an_older_schema_keeps_data(tmp_path, monkeypatch):
+    from khaosync.store import schema
+
+    path = tmp_path / "state.db"
+    monkeypatch.setattr("khaosync.store.db.MIGRATIONS", schema.MIGRATIONS[:1])
+    monkeypatch.setattr("khaosync.store.db.SCHEMA_VERSION", 1)
+    with open_store(path) as store:
+        run = store.start_run("pull", "sandbox")
+        assert store.schema_version == 1
+    monkeypatch.undo()
+    with open_store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION > 1
+        assert store.conn.execute("SELECT id FROM run").fetchone()[0] == run
+        assert store.conn.execute("SELECT count(*) FROM ledger").fetchone()[0] == 0
