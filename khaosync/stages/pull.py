@@ -120,16 +120,26 @@ def read_document(entity: str, document: bytes) -> tuple[list[kparse.Parsed], li
         return [], [(None, f"unreadable {root} document: {reason_whole}", document)]
     parsed: list[kparse.Parsed] = []
     rejected: list[tuple[str | None, str, bytes]] = []
+    seen: set[str] = set()
     for piece in pieces:
         try:
-            parsed.extend(parser(wrap(piece.raw, root)))
+            records = list(parser(wrap(piece.raw, root)))
         except kparse.DocumentError as exc:
             reason = f"unreadable {tag} element: {exc}"
             if piece.key is None:
                 rejected.append((None, reason, piece.raw))
-            else:
-                problem = RecordError(entity=entity, key=piece.key, stage=STAGE, reason=reason, kind="malformed_record")
-                parsed.append(kparse.Parsed(entity=entity, key=piece.key, raw=piece.raw, record=None, problems=[problem]))
+                continue
+            problem = RecordError(entity=entity, key=piece.key, stage=STAGE, reason=reason, kind="malformed_record")
+            records = [kparse.Parsed(entity=entity, key=piece.key, raw=piece.raw, record=None, problems=[problem])]
+        for p in records:
+            if p.key is not None and p.key in seen and p.duplicate is None:
+                # Pieces are parsed one by one, so the parser cannot see a repeat: we do.
+                again = RecordError(entity=entity, key=p.key, stage=STAGE, kind=kparse.DUPLICATE,
+                                    reason=f"{tag} {p.key} appears more than once in one answer")
+                p = kparse.Parsed(entity=entity, key=p.key, raw=p.raw, record=p.record, problems=[*p.problems, again])
+            if p.key is not None:
+                seen.add(p.key)
+            parsed.append(p)
     return parsed, rejected
 
 
@@ -177,7 +187,13 @@ class SoapSource:
             yield from self.credit_notes.batches(entity, since)
 
     def _by_code(self, entity: str, codes: list[str], export: Callable[[list[str]], bytes], size: int) -> Iterator[Batch]:
-        codes = list(dict.fromkeys(codes))  # a code listed twice is fetched once
+        blanks = sum(1 for c in codes if not c)
+        if blanks:
+            # KC exports by URN/code only: a record listed with a blank one cannot be fetched.
+            reason = (f"{blanks} {entity} record(s) listed with a blank code: they cannot be exported by code; "
+                      "give them a code in Khaos Control")
+            yield Batch(rejected=[(None, reason, f"<BLANK_CODES count={blanks}/>".encode())], listed=blanks)
+        codes = list(dict.fromkeys(c for c in codes if c))  # a code listed twice is fetched once
         high: datetime | None = None
         for chunk in _chunks(codes, size):
             parsed, rejected = read_document(entity, export(chunk))
@@ -209,7 +225,7 @@ class SoapSource:
 
     def _with_statuses(self, orders: list[kparse.Parsed], rejected: list) -> list[kparse.Parsed]:
         """Attach each order's despatch state (invoices, tracking) from ExportOrderStatusEx."""
-        ids = [p.key for p in orders if p.record is not None and p.key]
+        ids = [p.key for p in orders if p.key]
         statuses: dict[str, kparse.Parsed] = {}
         for chunk in _chunks(ids, self.profile.khaos.company_batch):
             parsed, bad = read_document("order_status", self.client.export_order_status(chunk, mapping_type=5))
@@ -220,8 +236,13 @@ class SoapSource:
         out = []
         for p in orders:
             status = statuses.get(p.key) if p.key else None
-            if p.record is None or status is None:
+            if status is None:
                 out.append(p)
+                continue
+            if p.record is None:
+                # An unreadable order keeps its status's bytes beside its own, nothing more.
+                out.append(kparse.Parsed(entity="sales_order", key=p.key, raw=p.raw + b"\n" + status.raw,
+                                         record=None, problems=p.problems))
                 continue
             problems = list(p.problems) + [
                 RecordError(entity="sales_order", key=p.key, stage=STAGE, reason=f"order status: {e.reason}", kind=e.kind)
@@ -243,7 +264,14 @@ class FileSource:
     def __init__(self, folder, columns=None):
         from khaosync.khaos.files import ExportFolder
 
-        self.export = ExportFolder(folder, columns)
+        self._rejected: list[tuple[str | None, str, bytes]] = []
+        self.export = ExportFolder(folder, columns, read_xml=self._salvaging_reader)
+
+    def _salvaging_reader(self, entity: str, document: bytes) -> Iterator[kparse.Parsed]:
+        """Broken export files are salvaged record by record, as SOAP answers are."""
+        parsed, rejected = read_document(entity, document)
+        self._rejected.extend(rejected)
+        return iter(parsed)
 
     def batches(self, entity: str, since: datetime) -> Iterator[Batch]:
         reader = {
@@ -254,18 +282,22 @@ class FileSource:
         }[entity]
         high: datetime | None = None
         batch: list[kparse.Parsed] = []
-        rejected: list = []
         try:
             for p in reader():
                 batch.append(p)
                 if len(batch) >= self.BATCH:
                     high = _later(high, _position_of(batch))
-                    yield Batch(parsed=batch, listed=len(batch))
+                    yield Batch(parsed=batch, rejected=self._take_rejected(), listed=len(batch))
                     batch = []
         except kparse.DocumentError as exc:
-            rejected.append((None, f"unreadable export file: {exc}", getattr(exc, "raw", b"") or str(exc).encode()))
+            # A CSV that cannot be read at all (missing columns, invalid UTF-8): keep its name and reason.
+            self._rejected.append((None, f"unreadable export file: {exc}", str(exc).encode()))
         high = _later(high, _position_of(batch))
-        yield Batch(parsed=batch, rejected=rejected, listed=len(batch), position=high)
+        yield Batch(parsed=batch, rejected=self._take_rejected(), listed=len(batch), position=high)
+
+    def _take_rejected(self) -> list[tuple[str | None, str, bytes]]:
+        taken, self._rejected = self._rejected, []
+        return taken
 
 
 def _position_of(parsed: list[kparse.Parsed]) -> datetime | None:
@@ -300,7 +332,9 @@ def _commit_batch(store: StateStore, run_id: int, entity: str, batch: Batch, res
             result.fetched += 1
             key = p.key
             duplicate = any(e.kind == "duplicate_in_response" for e in p.problems)
-            if key is None or duplicate or (key in seen_keys and p.record is None):
+            # A status with no order to belong to (file source) is kept, never staged as an order.
+            stray = p.entity != entity
+            if key is None or duplicate or stray or (key in seen_keys and p.record is None):
                 reason = "; ".join(e.reason for e in p.problems) or "record without a key"
                 staging.reject(conn, run_id=run_id, entity=entity, key=key, reason=reason, raw=p.raw, received_at=now)
                 result.rejected += 1
@@ -333,14 +367,12 @@ def _commit_batch(store: StateStore, run_id: int, entity: str, batch: Batch, res
                 records=[f"{entity}:{key or 'payload:' + hashlib.sha256(raw).hexdigest()[:12]}"], entity=entity,
                 record_key=key,
             )
-        if seen_keys:
-            # A record read again without the problem it had before: that finding is closed.
-            marks = ",".join("?" * len(seen_keys))
-            conn.execute(
-                f"UPDATE exception SET resolved_at = ? WHERE resolved_at IS NULL AND stage = ? AND entity = ?"
-                f" AND record_key IN ({marks}) AND last_run < ?",
-                (now, STAGE, entity, *sorted(seen_keys), run_id),
-            )
+        # A record read again without the problem it had before: that finding is closed.
+        conn.executemany(
+            "UPDATE exception SET resolved_at = ? WHERE resolved_at IS NULL AND stage = ? AND entity = ?"
+            " AND record_key = ? AND last_run < ?",
+            [(now, STAGE, entity, key, run_id) for key in sorted(seen_keys)],
+        )
         if batch.position is not None:
             position = batch.position.astimezone(timezone.utc).isoformat()
             staging.set_bookmark(conn, entity, position, run_id, now)
