@@ -71,9 +71,13 @@ def _register_pull(app: typer.Typer) -> None:
         Example: khaosync pull --since 2026-10-01 --entity orders
         """
         from khaosync.cli.render import pull_table
+        from khaosync.stages.pull import ENTITIES
         from khaosync.stages.pull import pull as run_pull
 
         c = app_context(ctx)
+        for name in entity or []:
+            if name not in ENTITIES:
+                raise typer.BadParameter(f"--entity {name!r}: choose from {', '.join(ENTITIES)}")
         if since and full:
             raise typer.BadParameter("--since and --full exclude each other")
         start = _parse_since(since) if since else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 
 from khaosync.store.db import ExceptionRow
@@ -18,12 +19,14 @@ def exceptions_table(rows: list[ExceptionRow]) -> Table:
 
 
 def pull_table(result) -> Table:
-    table = Table(title=f"pull run {result.run_id}", title_justify="left")
-    for col in ("entity", "fetched", "new", "changed", "unchanged", "problems", "rejected", "bookmark"):
-        table.add_column(col, justify="left" if col in ("entity", "bookmark") else "right")
+    """Fits an 80-column terminal: the bookmark shows to the minute, in UTC."""
+    table = Table(title=f"pull run {result.run_id}", title_justify="left", box=None, header_style="bold underline")
+    for col in ("entity", "read", "new", "changed", "same", "problems", "rejected", "bookmark UTC"):
+        table.add_column(col, justify="left" if col in ("entity", "bookmark UTC") else "right", no_wrap=True)
     for name, r in result.entities.items():
+        mark = (r.bookmark_after or "-")[:16].replace("T", " ")
         table.add_row(name, str(r.fetched), str(r.new), str(r.changed), str(r.unchanged), str(r.problems),
-                      str(r.rejected), (r.bookmark_after or "-")[:19])
+                      str(r.rejected), mark)
     return table
 
 
