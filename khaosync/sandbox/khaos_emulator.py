@@ -360,9 +360,10 @@ class KhaosEmulator:
 
     @contextmanager
     def _world(self, *, write: bool) -> Iterator[World]:
-        if not World.exists(self.world_folder):
-            raise SoapFault("soap:Server", "database not available")  # never create a world by reading one
-        world = World(self.world_folder)
+        try:
+            world = World(self.world_folder, create=False)  # never create a world by reading one
+        except FileNotFoundError:
+            raise SoapFault("soap:Server", "database not available") from None
         try:
             # One transaction per request: a consistent snapshot even while `sandbox advance` writes.
             world.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -14,7 +14,7 @@ def _load_ometria_side(folder: Path, api_key: str) -> None:
     """Copy what the generator planted on Ometria's side into the Ometria emulator's store."""
     from khaosync.sandbox.ometria_emulator import OmetriaEmulator
 
-    world = World(folder)
+    world = World(folder, create=False)
     try:
         emulator = OmetriaEmulator(folder / OMETRIA_DB, api_key)
         for type_, _id, doc in world.ometria_seeds():

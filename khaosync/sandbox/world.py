@@ -5,6 +5,12 @@ Each entity is a table of JSON documents in KC's own terms (field names below), 
 stable KC id, with ``updated`` (Europe/London local time, ``YYYY-MM-DDTHH:MM:SS``, the way KC
 keeps it) so the emulator can answer "changed since" queries.
 
+World meta keys: ``seed``, ``params``, ``clock``, ``serve_twice`` ({entity: [keys]} served twice
+in one SOAP answer) and ``sites`` ([[id, name], ...] for GetSiteList, default [[1, "Main"]]).
+
+``updated`` is compared as text, like KC's own local times: in the repeated autumn hour
+text order is not time order, which is one reason pull re-reads a look-back window.
+
 Money and quantities are decimal strings (``"12.50"``), never floats. Datetimes are KC local
 time strings without offset; ``None`` where KC would say ``1899-12-31T00:00:00``.
 
@@ -84,9 +90,12 @@ class World:
 
     FILE = "world.db"
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, *, create: bool = True):
         self.folder = Path(folder)
         self.path = self.folder / self.FILE
+        if not create and not self.path.is_file():
+            # A reader pointed at the wrong folder must not get a silently empty world.
+            raise FileNotFoundError(f"no sandbox world at {self.path}")
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=DELETE")  # a single file: byte-comparable datasets
         self.conn.executescript(_SCHEMA)
@@ -105,6 +114,10 @@ class World:
     def commit(self) -> None:
         self.conn.execute("COMMIT")
 
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
     # -- meta --------------------------------------------------------------------------
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -114,7 +127,7 @@ class World:
         self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, dumps(value)))
 
     @property
-    def clock(self) -> str:
+    def clock(self) -> str | None:
         """The world's "now", KC local time (``YYYY-MM-DDTHH:MM:SS``)."""
         return self.get_meta("clock")
 
