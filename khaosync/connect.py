@@ -40,6 +40,12 @@ class Connections:
 
         return KhaosClient(self.profile.khaos, transport=self.transport())
 
+    def ometria_client(self):
+        """The Ometria client for this profile (push and read-back; it holds both rates)."""
+        from khaosync.ometria.client import OmetriaClient
+
+        return OmetriaClient(self.profile.ometria, transport=self.transport())
+
     def credit_notes_folder(self) -> Path | None:
         """Where credit notes come from: the site's export folder, or the sandbox's exports."""
         if self.profile.khaos.credit_notes_path:

@@ -31,6 +31,18 @@ TYPES: dict[str, ExceptionType] = {t.name: t for t in [
     ExceptionType("consent_gap", "warn", "crm", "opted out on one side and opted in on the other"),
     ExceptionType("missing_purchase_history", "warn", "crm", "an Ometria contact's purchases do not match the ERP"),
     ExceptionType("stalled_batch", "fail", "integration", "a journaled push never acknowledged, or push errors not attributed"),
+    ExceptionType("push_rejected", "fail", "integration",
+                  "Ometria refused a record we pushed (at once, or later when it processed it); kept in the "
+                  "failed-record index and retried"),
+    ExceptionType("push_verification_mismatch", "fail", "integration",
+                  "a record read back from Ometria after a push differs from what it accepted, or is missing"),
+    ExceptionType("record_too_large", "warn", "integration",
+                  "a mapped record over Ometria's 60 KB record limit: held, never sent"),
+    ExceptionType("unmapped_value", "warn", "integration",
+                  "an ERP code the mapping file does not list (an invoice stage id): handled as docs/mappings.md says"),
+    ExceptionType("ometria_only_order", "info", "ecommerce",
+                  "an order Ometria holds that no KC sales order explains (a storefront order that never reached "
+                  "the ERP); counted in Ometria's revenue, not in the ERP's"),
 ]}
 
 
@@ -38,5 +50,8 @@ def severity_of(type_name: str) -> str:
     return TYPES[type_name].severity if type_name in TYPES else "warn"
 
 
-def owner_of(type_name: str) -> str:
+def owner_of(type_name: str, owners: dict[str, str] | None = None) -> str:
+    """The owner of a finding: the mapping file's ``owners`` first, then the default."""
+    if owners and type_name in owners:
+        return owners[type_name]
     return TYPES[type_name].owner if type_name in TYPES else "integration"

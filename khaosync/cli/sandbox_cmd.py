@@ -134,6 +134,7 @@ def serve(
     latency_ms: int = typer.Option(0, "--latency-ms", min=0, help="Added to every answer."),
     fail_rate: float = typer.Option(0.0, "--fail-rate", min=0.0, max=1.0, help="Share of requests answered 5xx."),
     rate_limit: Optional[float] = typer.Option(None, "--rate-limit", min=0.1, help="Ometria push requests/s allowed."),
+    fail_after_commit: bool = typer.Option(False, "--fail-after-commit", help="Some 5xx answers come after the push was queued."),
     seed: int = typer.Option(0, help="Seed of the fault injection."),
 ) -> None:
     """Serve both emulators on a real port: Ometria under /ometria/v2, KC under /khaos/KhaosKSD.exe.
@@ -150,7 +151,8 @@ def serve(
         raise ConfigError(f"no sandbox at {folder}: run `khaosync sandbox init` first")
     if not is_loopback(host):
         raise ConfigError(f"--host {host}: the sandbox only serves on loopback")
-    app = SandboxApp(folder, ometria_key, Faults(fail_rate=fail_rate, latency_ms=latency_ms, rate_limit=rate_limit, seed=seed))
+    app = SandboxApp(folder, ometria_key, Faults(fail_rate=fail_rate, latency_ms=latency_ms, rate_limit=rate_limit, seed=seed,
+                                            fail_after_commit=fail_after_commit))
     server = make_sandbox_server(app, host, port)
     base = f"http://{host}:{server.server_address[1]}"
     c.terminal.info(f"serving the sandbox at {base}")

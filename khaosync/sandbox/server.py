@@ -27,6 +27,7 @@ class Faults:
     latency_ms: int = 0
     rate_limit: float | None = None  # Ometria push requests/s; None: the emulator's default
     seed: int = 0
+    fail_after_commit: bool = False  # some injected 5xx come after the records were queued
 
 
 class SandboxApp:
@@ -38,7 +39,8 @@ class SandboxApp:
         kwargs = {} if faults.rate_limit is None else {"push_rate": faults.rate_limit}
         self.ometria = OmetriaEmulator(
             self.folder / OMETRIA_DB, ometria_key,
-            fail_rate=faults.fail_rate, latency_ms=faults.latency_ms, seed=faults.seed, **kwargs,
+            fail_rate=faults.fail_rate, fail_after_commit=faults.fail_after_commit, latency_ms=faults.latency_ms,
+            seed=faults.seed, **kwargs,
         )
         self.khaos = KhaosEmulator(
             self.folder, fail_rate=faults.fail_rate, latency_ms=faults.latency_ms, seed=faults.seed
@@ -73,7 +75,8 @@ class ServedSandbox:
 
     def __init__(self, app: SandboxApp, host: str = "127.0.0.1", port: int = 0):
         self.server = make_sandbox_server(app, host, port)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: shutdown waits for it, and tests start and stop many servers.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def base_url(self) -> str:
