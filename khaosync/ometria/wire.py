@@ -30,7 +30,8 @@ def _encode(value: Any) -> str:
         if not value.is_finite():
             raise ValueError(f"not a finite amount: {value}")
         text = format(value, "f")
-        return "0" if text in ("-0", "-0.0", "-0.00") and value == 0 else text
+        # A negative zero (-0.00, -0.000 for three-decimal currencies) is written as zero.
+        return text.lstrip("-") if value == 0 else text
     if isinstance(value, dict):
         items = sorted(value.items())
         return "{" + ",".join(json.dumps(str(k), ensure_ascii=False) + ":" + _encode(v) for k, v in items) + "}"

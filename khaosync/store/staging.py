@@ -70,11 +70,22 @@ def history(conn: sqlite3.Connection, entity: str, key: str) -> list[StagedRecor
     return [_row(r) for r in rows]
 
 
-def iter_current(conn: sqlite3.Connection, entity: str) -> Iterator[StagedRecord]:
-    """Current versions in key order, streamed (the cursor is not materialised)."""
-    cur = conn.execute(f"SELECT {_COLUMNS} FROM staged_record WHERE entity = ? AND current = 1 ORDER BY key", (entity,))
-    for r in cur:
-        yield _row(r)
+def iter_current(conn: sqlite3.Connection, entity: str, page: int = 1000) -> Iterator[StagedRecord]:
+    """Current versions in key order, a page at a time.
+
+    Paging by key (not one long cursor) lets the caller commit between pages: an open read
+    statement would pin the WAL, which then grows for the whole run.
+    """
+    after = ""
+    while True:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM staged_record WHERE entity = ? AND current = 1 AND key > ?"
+            " ORDER BY key LIMIT ?", (entity, after, page)).fetchall()
+        for r in rows:
+            yield _row(r)
+        if len(rows) < page:
+            return
+        after = rows[-1][1]
 
 
 def count_current(conn: sqlite3.Connection, entity: str, *, parsed_only: bool = False) -> int:

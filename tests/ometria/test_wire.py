@@ -13,7 +13,7 @@ def test_decimals_are_written_exactly():
 
 
 def test_negative_zero_is_plain_zero():
-    assert wire.dumps({"a": Decimal("-0.00")}) == b'{"a":0}'
+    assert wire.dumps({"a": Decimal("-0.00"), "b": Decimal("-0.000"), "c": Decimal("-0")}) == b'{"a":0.00,"b":0.000,"c":0}'
 
 
 def test_floats_are_refused():
