@@ -132,7 +132,9 @@ class PullSettings(Strict):
     """How far back pull looks (see docs/pull.md)."""
 
     lookback_hours: float = Field(default=24, ge=0, description="re-read this much before each bookmark")
-    order_window_days: int = Field(default=7, ge=1, le=366, description="ExportOrders date window per request")
+    order_window_days: int = Field(default=7, ge=1, le=366, description="widest ExportOrders date window")
+    orders_per_request: int = Field(default=500, ge=10, le=20000,
+                                    description="windows adapt to hold about this many orders per request")
     history_start: date = Field(default=date(2015, 1, 1), description="where a --full pull starts")
 
 

@@ -202,26 +202,45 @@ class SoapSource:
         # The bookmark moves only when every listed code is safe.
         yield Batch(position=high)
 
-    def _windows(self, since: datetime) -> Iterator[tuple[datetime, datetime]]:
-        step = timedelta(days=self.profile.pull.order_window_days)
-        horizon = datetime.now(timezone.utc) + timedelta(days=1)
-        start = since
-        while start < horizon:
-            end = min(start + step, horizon)
-            yield start, end
-            start = end
-        yield start, FAR_FUTURE  # whatever a KC clock ahead of ours has already written
-
     def _orders(self, since: datetime) -> Iterator[Batch]:
+        """Orders changed since ``since``, in date windows sized to hold about
+        ``pull.orders_per_request`` orders each, so memory does not grow with a merchant's
+        volume: a window that returned too many halves the next one, a sparse one doubles it
+        (up to ``pull.order_window_days``), and one with more than four times the target is
+        asked again in halves before anything in it is parsed."""
+        settings = self.profile.pull
+        widest = timedelta(days=settings.order_window_days)
+        narrowest = timedelta(minutes=10)
+        width = min(timedelta(days=1), widest)
+        horizon = datetime.now(timezone.utc) + timedelta(days=1)
         high: datetime | None = None
-        for start, end in self._windows(since):
-            parsed, rejected = read_document("sales_order", self.client.export_orders(start, end, by="updated"))
+        start = since
+        while True:
+            # The last window is open-ended: whatever a KC clock ahead of ours has already written.
+            end = FAR_FUTURE if start >= horizon else min(start + width, horizon)
+            document = self.client.export_orders(start, end, by="updated")
+            if document.count(b"<SALES_ORDER>") > 4 * settings.orders_per_request and width > narrowest \
+                    and end != FAR_FUTURE:
+                # Far too many to hold at once (a sparse stretch widened the window just before a
+                # busy one): drop the answer unparsed and ask for half the window.
+                del document
+                width = max(narrowest, width / 2)
+                continue
+            parsed, rejected = read_document("sales_order", document)
+            del document
             if parsed:
                 parsed = self._with_statuses(parsed, rejected)
             high = _later(high, _max_updated(parsed))
             # Windows run in time order: once this one is committed, all changes up to the
             # latest time seen so far are safe.
             yield Batch(parsed=parsed, rejected=rejected, position=high, listed=len(parsed))
+            if end == FAR_FUTURE:
+                return
+            start = end
+            if len(parsed) > settings.orders_per_request:
+                width = max(narrowest, width / 2)
+            elif len(parsed) < settings.orders_per_request // 4:
+                width = min(widest, width * 2)
 
     def _with_statuses(self, orders: list[kparse.Parsed], rejected: list) -> list[kparse.Parsed]:
         """Attach each order's despatch state (invoices, tracking) from ExportOrderStatusEx."""
