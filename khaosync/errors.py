@@ -3,7 +3,7 @@
 Exit codes (documented in README.md):
   0  clean
   1  findings at fail severity
-  2  usage, configuration or input error (including "state is locked", "not built yet")
+  2  usage, configuration or input error (including "state is locked")
   3  an external system failed after retries
 """
 
@@ -33,10 +33,6 @@ class StateLockedError(KhaosyncError):
         self.holder = holder or {}
         who = ", ".join(f"{k}={v}" for k, v in self.holder.items()) or "unknown holder"
         super().__init__(f"state {path} is locked by another run ({who})")
-
-
-class NotBuiltError(KhaosyncError):
-    """A command exists in the CLI but its stage has not been built yet."""
 
 
 class ExternalSystemError(KhaosyncError):

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job against a fresh sandbox, in ./demo-workspace (replaced on every run).
-# What it shows grows with the pipeline: today, plant a merchant and pull it.
+# The main job against a fresh sandbox, in ./demo-workspace (replaced on every run):
+# plant a merchant, sync it to the Ometria emulator, let time pass, sync again, then the
+# month-end reconciliation, the daily health check and the audit report.
+# Exit code 1 from a step means fail-severity findings: the sandbox plants them on purpose.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 ks="$root/.venv/bin/khaosync"
@@ -9,26 +11,31 @@ rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
 
-echo "== 1. plant a sandbox merchant (seed 7)"
-"$ks" sandbox init --seed 7 --customers 500 --orders 3000
+step() { printf '\n== %s\n' "$1"; }
+findings() { local rc=$?; [ $rc -le 1 ] || exit $rc; [ $rc -eq 0 ] || echo "(exit 1: $1)"; }
 
-echo
-echo "== 2. pull everything Khaos Control holds into the state store"
-set +e
-"$ks" pull
-rc=$?
-set -e
-echo "(pull exit code $rc: 1 means fail-severity findings, here the planted order totals that do not add up)"
+step "1. plant a sandbox merchant (seed 7): Khaos Control data, Ometria's side, a manifest"
+"$ks" sandbox init --seed 7 --customers 500 --orders 3000 --json > manifest.json
+"$ks" -q sandbox status | head -16
 
-echo
-echo "== 3. a day passes; an incremental pull picks up only the changes"
-"$ks" sandbox advance --days 1
-"$ks" pull || true
+step "2. sync: pull, map, diff and push everything since the start of the data"
+"$ks" sync --since 2026-01-01 --commit || findings "the planted malformed records and penny-out totals are fail-severity exceptions, held back"
 
-echo
-echo "== 4. open exceptions by owner"
-"$ks" exceptions list --open || true
+step "3. three days pass; the next sync sends exactly the changes"
+"$ks" sandbox advance --days 3
+"$ks" sync --commit || findings "the same planted exceptions are still open"
+
+step "4. month-end: ERP vs ledger vs Ometria for October"
+"$ks" reconcile --month 2026-10 || findings "see the records above"
+"$ks" reconcile --month 2026-10 --live || findings "Ometria holds what KC never sold: an earlier integration's per-invoice duplicates and storefront orders, by record and owner"
+
+step "5. the daily health check"
+"$ks" health --live --detect || findings "open fail-severity exceptions, grouped by owner above"
+
+step "6. the audit report"
+"$ks" report --month 2026-10 --live --mask-pii --html "$work/audit-2026-10.html"
 
 echo
 echo "Workspace: $work (state in .khaosync/state.db, sandbox in .khaosync/sandbox)"
-echo "Next stages (map, diff, push, reconcile) arrive with their issues; try: $ks --help"
+echo "Audit report: $work/audit-2026-10.html"
+echo "Open exceptions: $ks exceptions list --open   (run it from $work)"

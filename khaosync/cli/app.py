@@ -12,7 +12,7 @@ import typer
 
 from khaosync.cli.context import AppContext
 from khaosync.cli.terminal import Terminal
-from khaosync.errors import KhaosyncError, NotBuiltError
+from khaosync.errors import KhaosyncError
 from typer.core import TyperGroup
 
 
@@ -53,10 +53,6 @@ def root(
     Example: khaosync sandbox init --seed 7 && khaosync pull
     """
     ctx.obj = AppContext(config_path=config, state_override=state, terminal=Terminal(-1 if quiet else verbose))
-
-
-def not_built(what: str, issue: str) -> None:
-    raise NotBuiltError(f"`khaosync {what}` is not built yet ({issue}); nothing was done")
 
 
 def _register() -> None:

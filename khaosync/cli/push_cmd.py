@@ -7,7 +7,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from khaosync.cli.app import not_built
 from khaosync.cli.context import app_context
 from khaosync.errors import EXIT_FINDINGS, KhaosyncError
 
@@ -93,10 +92,48 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_FINDINGS)
 
     @app.command()
-    def sync(ctx: typer.Context) -> None:
-        """Chain pull, map, diff and push for scheduled runs.
+    def sync(
+        ctx: typer.Context,
+        since: Optional[str] = typer.Option(None, help="Pull orders and credit notes changed from this date (YYYY-MM-DD or ISO, UTC); customers and stock follow their bookmarks. Default: the bookmarks."),
+        commit: bool = typer.Option(False, "--commit", help="Push for real. Without it: the same path, nothing sent."),
+        entity: Optional[list[str]] = typer.Option(None, "--entity", help="products, contacts or orders (repeatable; default all)."),
+        verify: str = typer.Option("sample", help="After pushing, read back: sample, all or none."),
+        as_json: bool = typer.Option(False, "--json", help="The summary as JSON on stdout."),
+    ) -> None:
+        """Chain pull, map, diff and push for scheduled runs, with one summary.
+
+        --since narrows the orders and credit notes read; the customers and stock they refer to
+        always follow their own bookmarks (everything, on a first run), so no order is held back
+        for want of its product. Without --commit it is a dry run of the same path: pull and map
+        store what they read, diff writes the plan, push only checks and summarises it.
 
         Example: khaosync sync --since 2026-10-01 --commit
         """
-        app_context(ctx).profile
-        not_built("sync", "issue 6")
+        from khaosync.cli.commands import _parse_since, _pull_source
+        from khaosync.cli.render import sync_table
+        from khaosync.connect import Connections
+        from khaosync.stages.sync import ORDER
+        from khaosync.stages.sync import sync as run_sync
+
+        c = app_context(ctx)
+        for name in entity or []:
+            if name not in ORDER:
+                raise typer.BadParameter(f"--entity {name!r}: choose from {', '.join(ORDER)}")
+        if verify not in ("sample", "all", "none"):
+            raise typer.BadParameter(f"--verify {verify!r}: choose sample, all or none")
+        start = _parse_since(since) if since else None
+        source = _pull_source(c, "soap", None)
+        client = Connections(c.profile).ometria_client() if commit else None
+        with c.open_store("sync --commit" if commit else "sync") as store:
+            with c.terminal.progress("sync") as progress:
+                result = run_sync(store, c.profile, source, client, since=start, entities=entity or None,
+                                  commit=commit, verify=verify, progress=progress)
+        if as_json:
+            c.terminal.json(result.as_dict())
+        else:
+            c.terminal.data(sync_table(result))
+            if not commit:
+                c.terminal.info(f"dry run: nothing was sent; to send plan {result.plan_id}: "
+                                f"khaosync push --plan {result.plan_id} --commit (or sync --commit)")
+        if result.fail_findings:
+            raise typer.Exit(EXIT_FINDINGS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from rich import box
 from rich.table import Table
 
 from khaosync.store.db import ExceptionRow
@@ -48,4 +47,23 @@ def discover_table(report) -> Table:
         if op.suggestions:
             detail.append("similar: " + ", ".join(op.suggestions))
         table.add_row(op.name, op.status, "; ".join(detail))
+    return table
+
+
+def sync_table(result) -> Table:
+    """One line per record type: what the ERP gave, what map made, the plan, what Ometria took."""
+    data = result.as_dict()
+    title = f"sync run {result.run_id}: plan {result.plan_id} ({'committed' if result.committed else 'dry run'})"
+    table = Table(title=title, title_justify="left", box=None, header_style="bold underline")
+    for col in ("type", "mapped", "held", "new", "changed", "void", "sent", "accepted", "rejected"):
+        table.add_column(col, justify="left" if col == "type" else "right", no_wrap=True)
+    for type_, counts in data["diff"].items():
+        m = next((v for k, v in data["map"]["entities"].items() if k.rstrip("s") == type_), {})
+        table.add_row(type_, str(m.get("mapped", 0) + m.get("unchanged", 0)), str(m.get("held", 0)),
+                      str(counts.get("new", 0)), str(counts.get("changed", 0)), str(counts.get("void", 0)),
+                      str(data["sent"].get(type_, 0)), str(data["accepted"].get(type_, 0)),
+                      str(data["rejected"].get(type_, 0)))
+    found = ", ".join(f"{t} {n}" for t, n in sorted(data["exceptions"].items())) or "none"
+    table.caption = f"new exceptions: {found}"
+    table.caption_justify = "left"
     return table

@@ -25,16 +25,6 @@ def test_help_lists_every_stage(runner):
         assert f"  {name} " in result.output
 
 
-@pytest.mark.parametrize("command,issue", [
-    ("sync", "issue 6"),
-])
-def test_commands_not_built_say_so_and_exit_2(runner, command, issue):
-    result = runner.invoke(app, [command])
-    assert result.exit_code == 2
-    assert f"`khaosync {command}` is not built yet ({issue})" in result.stderr
-    assert result.stdout == ""
-
-
 def test_sandbox_is_said_plainly(runner):
     result = runner.invoke(app, ["config", "show", "--json"])
     assert result.exit_code == 0

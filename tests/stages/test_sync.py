@@ -1,0 +1,119 @@
+"""sync: pull, map, diff and push in one run, against the sandbox."""
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from khaosync.cli.app import app
+from khaosync.config import sandbox_profile
+from khaosync.connect import Connections
+from khaosync.sandbox.lifecycle import advance_sandbox, init_sandbox
+from khaosync.sandbox.ometria_emulator import OmetriaEmulator
+from khaosync.stages.sync import sync
+from khaosync.store import open_store
+from khaosync.store.outbound import iter_records
+
+KEY = "sandbox-key"
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sync") / "sandbox"
+    init_sandbox(folder, api_key=KEY, seed=11, customers=80, orders=400)
+    return folder
+
+
+@pytest.fixture
+def sandbox(planted, tmp_path) -> Path:
+    folder = tmp_path / "sandbox"
+    shutil.copytree(planted, folder)
+    return folder
+
+
+def run(tmp_path, sandbox, *, commit, since=None):
+    profile = sandbox_profile(state=str(tmp_path / "state.db"), sandbox_path=str(sandbox))
+    connections = Connections(profile)
+    from khaosync.stages.pull import FileSource, SoapSource
+
+    source = SoapSource(connections.khaos_client(), profile, FileSource(sandbox / "exports"))
+    with open_store(profile.state) as store:
+        return sync(store, profile, source, connections.ometria_client() if commit else None, since=since,
+                    commit=commit, verify="none")
+
+
+def emulator(sandbox) -> OmetriaEmulator:
+    emu = OmetriaEmulator(sandbox / "ometria.db", KEY)
+    emu.process_queue()
+    return emu
+
+
+def ready(tmp_path, type_):
+    with open_store(tmp_path / "state.db", write=False) as store:
+        return {r.id: r for r in iter_records(store.conn, type_, state="ready")}
+
+
+def test_sync_commit_leaves_ometria_holding_exactly_what_the_rules_allow(tmp_path, sandbox):
+    seeded = {o["id"] for o in emulator(sandbox).records("order")}  # an earlier integration's, and web orders
+    result = run(tmp_path, sandbox, commit=True)
+    assert result.committed and result.plan_id.endswith("-sync")
+    emu = emulator(sandbox)
+    orders = {o["id"]: o for o in emu.records("order") if o["id"] not in seeded}
+    expected_orders = ready(tmp_path, "order")
+    # exactly one Ometria order per KC sales order past its trigger, with the bytes we mapped
+    assert set(orders) == set(expected_orders)
+    products = {p["id"] for p in emu.records("product")}
+    for order in orders.values():
+        for line in order["lineitems"]:
+            assert line["product_id"] in products
+    contacts = {c["id"] for c in emu.records("contact", collection="khaos")}
+    assert contacts == set(ready(tmp_path, "contact"))
+    counts = result.as_dict()
+    assert counts["sent"]["order"] == counts["accepted"]["order"] == len(expected_orders)
+    assert counts["rejected"] == {"product": 0, "contact": 0, "order": 0}
+    assert emu.stats()["forced_optins"] == []
+
+
+def test_second_sync_sends_nothing_and_advance_sends_exactly_the_changes(tmp_path, sandbox):
+    run(tmp_path, sandbox, commit=True)
+    again = run(tmp_path, sandbox, commit=True).as_dict()
+    assert again["sent"] == {"product": 0, "contact": 0, "order": 0}
+    before = {t: {r.id: r.content_hash for r in ready(tmp_path, t).values()} for t in ("product", "contact", "order")}
+    advance_sandbox(sandbox, 3, api_key=KEY)
+    after_run = run(tmp_path, sandbox, commit=True).as_dict()
+    for t in ("product", "contact", "order"):
+        now = {r.id: r.content_hash for r in ready(tmp_path, t).values()}
+        changed = {i for i, h in now.items() if before[t].get(i) != h}
+        assert after_run["sent"][t] == len(changed), t
+        assert after_run["accepted"][t] == len(changed), t
+
+
+def test_dry_run_predicts_what_the_commit_sends(tmp_path, sandbox):
+    dry = run(tmp_path, sandbox, commit=False)
+    assert not dry.committed
+    assert emulator(sandbox).stats()["push_requests"] == 0
+    predicted = {t: sum(n for c, n in changes.items() if c in ("new", "changed", "void"))
+                 for t, changes in dry.push.as_dict()["summary"].items()}
+    real = run(tmp_path, sandbox, commit=True).as_dict()
+    assert {t: real["sent"][t] for t in predicted} == predicted
+
+
+def test_sync_json_contract(tmp_path, sandbox, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / ".khaosync" / "sandbox"
+    target.parent.mkdir()
+    shutil.copytree(sandbox, target)
+    result = CliRunner().invoke(app, ["sync", "--since", "2026-01-01", "--commit", "--verify", "none", "--json"])
+    data = json.loads(result.stdout)
+    assert {"sandbox", "committed", "sent", "accepted", "rejected", "plan", "exceptions"} <= set(data)
+    assert data["sandbox"] is True and data["committed"] is True
+    for key in ("sent", "accepted", "rejected"):
+        assert set(data[key]) >= {"product", "contact", "order"}
+    # the planted orders whose totals do not add up are fail-severity findings
+    assert result.exit_code == 1
+    assert data["exceptions"]["total_mismatch"] >= 1
+    dry = CliRunner().invoke(app, ["sync", "--verify", "none"])
+    assert "dry run" in dry.stderr and dry.exit_code == 1
