@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from khaosync.errors import ConfigError
+from khaosync.yaml_files import describe, read_yaml
 
 DEFAULT_CONFIG_FILE = "khaosync.yaml"
 DEFAULT_STATE_PATH = ".khaosync/state.db"
@@ -190,15 +190,6 @@ def sandbox_profile(state: str | None = None, sandbox_path: str | None = None) -
     )
 
 
-def _format_validation(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {path}: {msg}")
-    return "\n".join(lines)
-
-
 def load_profile(config_path: str | Path | None = None, state: str | None = None) -> Profile:
     """Resolve the profile: explicit file, else ./khaosync.yaml if present, else the sandbox."""
     path: Path | None
@@ -210,12 +201,7 @@ def load_profile(config_path: str | Path | None = None, state: str | None = None
         path = Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None
     if path is None:
         return sandbox_profile(state=state)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml(path.read_text(encoding="utf-8"), str(path))
     if "mode" not in raw:
         raise ConfigError(f"{path}: mode: required (sandbox or live); a real profile is always chosen explicitly")
     raw = dict(raw)
@@ -235,4 +221,4 @@ def load_profile(config_path: str | Path | None = None, state: str | None = None
     try:
         return Profile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, str(path))) from None
+        raise ConfigError(describe(exc, str(path), "configuration", "README.md")) from None

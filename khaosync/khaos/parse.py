@@ -60,30 +60,13 @@ from khaosync.khaos.models import (
     content_hash,
 )
 
+from khaosync.currency import CURRENCIES, is_currency, minor_units  # noqa: F401 (re-exported)
+
 STAGE = "pull"
 DUPLICATE = "duplicate_in_response"  # an exception type (khaosync.findings)
 
-# ISO 4217 active codes (2025 list). XXX ("no currency") and XTS ("testing") are left out on
-# purpose: on a retailer's order they can only mean a broken export.
-ISO_4217: frozenset[str] = frozenset(
-    """
-    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN
-    BWP BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN
-    ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD
-    JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT
-    MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG
-    QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT
-    TND TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND VUV WST XAF XAG XAU XBA
-    XBB XBC XBD XCD XCG XDR XOF XPD XPF XPT XSU XUA YER ZAR ZMW ZWG
-    """.split()
-)
-
-# Minor units where they are not 2 (ISO 4217 "exponent"); used to round order lines.
-_MINOR_UNITS: dict[str, int] = {
-    "BHD": 3, "BIF": 0, "CLF": 4, "CLP": 0, "DJF": 0, "GNF": 0, "IQD": 3, "ISK": 0, "JOD": 3,
-    "JPY": 0, "KMF": 0, "KRW": 0, "KWD": 3, "LYD": 3, "OMR": 3, "PYG": 0, "RWF": 0, "TND": 3,
-    "UGX": 0, "UYI": 0, "UYW": 4, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
-}
+# One currency list for pull and map (khaosync/currency.py).
+ISO_4217 = CURRENCIES
 
 ORDER_STATUSES: frozenset[str] = frozenset({"Received", "Shipping", "PartialShip", "Complete", "Cancelled"})
 
@@ -95,17 +78,8 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(?:\.[^@\s.]+)+")
 _NUMERIC_KEY = re.compile(r"[0-9]+")
 
 
-def minor_units(currency: str) -> int:
-    """Decimal places of the currency's minor unit (2 unless ISO says otherwise)."""
-    return _MINOR_UNITS.get(currency, 2)
-
-
 def is_email(text: str) -> bool:
     return _EMAIL.fullmatch(text) is not None
-
-
-def is_currency(code: str) -> bool:
-    return code in ISO_4217
 
 
 # -- results -------------------------------------------------------------------------

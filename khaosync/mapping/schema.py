@@ -20,10 +20,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from khaosync.errors import ConfigError
+from khaosync.yaml_files import describe, read_yaml
 from khaosync.findings import TYPES
 from khaosync.ometria.models import CURRENCIES
 
@@ -283,41 +283,6 @@ class Mapping(_Section):
 # -- loading ----------------------------------------------------------------------------------
 
 
-def _reason(error: dict) -> str:
-    kind, msg = error["type"], error["msg"].removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        return "unknown key (see docs/mappings.md for the keys a mapping file takes)"
-    if kind == "literal_error":
-        expected = msg.removeprefix("Input should be ")
-        return f"expected {expected}, got {error.get('input')!r}"
-    if kind == "missing":
-        return "required"
-    return msg
-
-
-def _format(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid mapping"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {path}: {_reason(e)}")
-    return "\n".join(lines)
-
-
-def _read_yaml(text: str, source: str) -> dict:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    return data
-
-
 def packaged_default_text() -> str:
     return resources.files("khaosync.mapping").joinpath(PACKAGED_DEFAULT).read_text(encoding="utf-8")
 
@@ -335,11 +300,11 @@ def _read_source(path: str | Path) -> tuple[str, str]:
 
 def parse_mapping(text: str, source: str = "<mapping>") -> Mapping:
     """Validate one file's text; errors name ``source``, the key path and the reason."""
-    data = _read_yaml(text, source)
+    data = read_yaml(text, source)
     try:
         return Mapping.model_validate({**data, "sources": (source,)})
     except ValidationError as exc:
-        raise ConfigError(_format(exc, source)) from None
+        raise ConfigError(describe(exc, source, "mapping", "docs/mappings.md")) from None
 
 
 def combine(layers: list[dict]) -> dict:
@@ -366,7 +331,7 @@ def load_mapping(paths: list[str] | tuple[str, ...] | str | Path | None = None) 
     for path in paths:
         text, name = _read_source(path)
         parse_mapping(text, name)  # each file alone first, so an error names its own file
-        layers.append(_read_yaml(text, name))
+        layers.append(read_yaml(text, name))
         names.append(name)
     if len(layers) == 1:
         return parse_mapping(text, names[0])
@@ -374,7 +339,7 @@ def load_mapping(paths: list[str] | tuple[str, ...] | str | Path | None = None) 
     try:
         return Mapping.model_validate({**combine(layers), "sources": tuple(names)})
     except ValidationError as exc:
-        raise ConfigError(_format(exc, joined)) from None
+        raise ConfigError(describe(exc, joined, "mapping", "docs/mappings.md")) from None
 
 
 # -- what a mapping does, in words (``khaosync mappings check``) -------------------------------

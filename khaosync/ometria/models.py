@@ -28,28 +28,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
+from khaosync.currency import CURRENCIES, minor_units, penny  # noqa: F401 (re-exported)
 from khaosync.ometria import wire
 
 # -- scalar types ----------------------------------------------------------------------------
 
-# ISO 4217 codes in circulation. Fund codes, precious metals, SDR/bond units and the test codes
-# XTS/XXX are not money an order is paid in (the Ometria emulator refuses them too).
-CURRENCIES: frozenset[str] = frozenset(
-    """
-    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP
-    BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP
-    GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR
-    KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK
-    MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR
-    SBD SCR SDG SEK SGD SHP SLE SLL SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD
-    TZS UAH UGX USD UYU UZS VED VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG ZWL
-    """.split()
-)
-_MINOR_UNITS: dict[str, int] = {
-    "BHD": 3, "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "IQD": 3, "ISK": 0, "JOD": 3, "JPY": 0, "KMF": 0,
-    "KRW": 0, "KWD": 3, "LYD": 3, "OMR": 3, "PYG": 0, "RWF": 0, "TND": 3, "UGX": 0, "VND": 0, "VUV": 0,
-    "XAF": 0, "XOF": 0, "XPF": 0,
-}
 MAX_EVENT_TYPE_CHARS = 31  # "event_type ... under 32 chars"
 
 _E164 = re.compile(r"\+[1-9][0-9]{1,14}")
@@ -57,16 +40,6 @@ _COUNTRY = re.compile(r"[A-Z]{2}")
 _URL = re.compile(r"https?://[^\s/?#]+\.[^\s/?#]+([/?#]\S*)?")
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _EMAIL_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-
-
-def minor_units(currency: str) -> int:
-    """Decimal places of the currency's minor unit (2 unless ISO 4217 says otherwise)."""
-    return _MINOR_UNITS.get(currency, 2)
-
-
-def penny(currency: str) -> Decimal:
-    """The currency's smallest unit: ``Decimal("0.01")`` for GBP, ``Decimal("1")`` for JPY."""
-    return Decimal(1).scaleb(-minor_units(currency))
 
 
 def is_ometria_email(text: str) -> bool:

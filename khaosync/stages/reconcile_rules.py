@@ -20,10 +20,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from khaosync.errors import ConfigError
+from khaosync.yaml_files import describe, read_yaml
 
 DEFAULT_RULES_PATH = "mappings/reconcile.yaml"
 
@@ -248,44 +248,15 @@ class ReconcileRules(_Rules):
 # -- loading ----------------------------------------------------------------------------------
 
 
-def _reason(error: dict) -> str:
-    kind, msg = error["type"], error["msg"].removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        return "unknown key (docs/reconcile.md lists the keys a rules file takes)"
-    if kind == "literal_error":
-        return f"expected {msg.removeprefix('Input should be ')}, got {error.get('input')!r}"
-    if kind == "missing":
-        return "required"
-    return msg
-
-
-def _format(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid reconcile rules"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {path}: {_reason(e)}")
-    return "\n".join(lines)
-
-
 def parse_rules(text: str, source: str = "<rules>") -> ReconcileRules:
     """Validate a rules file's text; errors name ``source``, the key path and the reason."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    data = read_yaml(text, source)
     if "source" in data:
         raise ConfigError(f"{source}: source: unknown key (docs/reconcile.md lists the keys a rules file takes)")
     try:
         return ReconcileRules.model_validate({**data, "source": source})
     except ValidationError as exc:
-        raise ConfigError(_format(exc, source)) from None
+        raise ConfigError(describe(exc, source, "reconcile rules", "docs/reconcile.md")) from None
 
 
 def load_rules(path: str | Path | None = None) -> ReconcileRules:
