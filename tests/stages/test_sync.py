@@ -117,3 +117,27 @@ def test_sync_json_contract(tmp_path, sandbox, monkeypatch):
     assert data["exceptions"]["total_mismatch"] >= 1
     dry = CliRunner().invoke(app, ["sync", "--verify", "none"])
     assert "dry run" in dry.stderr and dry.exit_code == 1
+
+
+def test_after_a_clean_sync_every_month_reconciles_and_the_erp_side_is_the_manifest(tmp_path, sandbox):
+    from decimal import Decimal
+
+    from khaosync.sandbox.generator import load_manifest
+    from khaosync.stages.reconcile import reconcile_month
+
+    manifest = load_manifest(sandbox)
+    run(tmp_path, sandbox, commit=True, since=None)
+    profile = sandbox_profile(state=str(tmp_path / "state.db"), sandbox_path=str(sandbox))
+    names = {"orders": "orders", "gross_revenue": "gross", "refunds": "refunds", "net_revenue": "net",
+             "customers": "customers", "units": "units"}
+    with open_store(profile.state, write=False) as store:
+        for month, currencies in manifest["monthly_totals"].items():
+            result = reconcile_month(store, profile, month)
+            assert result.status == "ok", (month, [m.as_dict() for m in result.metrics if m.status != "ok"])
+            erp: dict = {}
+            for m in result.metrics:
+                erp.setdefault(m.currency, {}).setdefault(m.name, Decimal(0))
+                erp[m.currency][m.name] += m.erp
+            for currency, totals in currencies.items():
+                for metric, key in names.items():
+                    assert erp[currency][metric] == Decimal(totals[key]), (month, currency, metric)
