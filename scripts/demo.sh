@@ -30,7 +30,7 @@ step "4. month-end: ERP vs ledger vs Ometria for October"
 "$ks" reconcile --month 2026-10 --live || findings "Ometria holds what KC never sold: an earlier integration's per-invoice duplicates and storefront orders, by record and owner"
 
 step "5. the daily health check"
-"$ks" health --live --detect || findings "open fail-severity exceptions, grouped by owner above"
+"$ks" health --live || findings "open fail-severity exceptions, grouped by owner above"
 
 step "6. the audit report"
 "$ks" report --month 2026-10 --live --mask-pii --html "$work/audit-2026-10.html"

@@ -273,8 +273,9 @@ def register(app: typer.Typer) -> None:
     def health(
         ctx: typer.Context,
         live: bool = typer.Option(False, "--live", help="Also read Ometria's push error log (one request)."),
-        detect: bool = typer.Option(False, "--detect", help="Run the detectors first, so the register is current "
-                                    "(records findings: takes the state lock)."),
+        detect: bool = typer.Option(True, "--detect/--no-detect", help="Run the detectors first, so the register "
+                                    "is current (records findings, so it takes the state lock; while another run "
+                                    "holds it, the checks run on the register as it stands)."),
         as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON on stdout (docs/reconcile.md)."),
         rules: Optional[str] = typer.Option(None, "--rules", metavar="FILE", help=RULES_HELP),
     ) -> None:
@@ -283,12 +284,20 @@ def register(app: typer.Typer) -> None:
         One line verdict and an exit code for alerting: 1 when a check fails (a stalled batch,
         an open fail-severity exception, a pull overdue), 0 when all pass or only warn.
 
-        Example: khaosync health --live --detect --json
+        Example: khaosync health --live --json
         """
+        from khaosync.errors import StateLockedError
         from khaosync.stages.health import check_health
 
         c = app_context(ctx)
         loaded = _rules(rules)
+        if detect:
+            try:
+                c.open_store("health", write=True).close()
+            except StateLockedError as exc:
+                # A sync is running: a health check must still answer, from the register as it is.
+                c.terminal.warn(f"detectors skipped: {exc}")
+                detect = False
         with c.open_store("health", write=detect) as store:
             client = _live_client(c) if live else None
             try:

@@ -68,18 +68,23 @@ class HealthReport:
     def status(self) -> Status:
         return worst(c.status for c in self.checks)
 
-    def verdict(self) -> str:
-        """One line for a cron mail's subject or a chat alert."""
+    def verdict(self, width: int = 80) -> str:
+        """One line for a cron mail's subject or a chat alert, at most ``width`` characters:
+        the failing checks are named first; what does not fit is counted."""
         fails = [c.name for c in self.checks if c.status == "fail"]
         warns = [c.name for c in self.checks if c.status == "warn"]
         if not fails and not warns:
             return f"health OK: all {len(self.checks)} checks pass"
-        parts = []
-        if fails:
-            parts.append(f"{len(fails)} fail ({', '.join(fails)})")
-        if warns:
-            parts.append(f"{len(warns)} warn ({', '.join(warns)})")
-        return f"health {self.status.upper()}: " + "; ".join(parts)
+        head = f"health {self.status.upper()}: "
+        tail = f"; {len(warns)} warn" if fails and warns else ""
+        names, count, label = (fails, len(fails), "fail") if fails else (warns, len(warns), "warn")
+        for shown in range(len(names), -1, -1):
+            more = f", +{len(names) - shown} more" if shown < len(names) else ""
+            listed = ", ".join(names[:shown]) + more if shown else f"+{len(names)} more"
+            line = f"{head}{count} {label} ({listed}){tail}"
+            if len(line) <= width or shown == 0:
+                return line
+        return line  # pragma: no cover - the loop always returns
 
     def as_dict(self) -> dict:
         return {"status": self.status, "verdict": self.verdict(), "generated_at": self.generated_at,
