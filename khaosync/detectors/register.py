@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from khaosync.store.db import ExceptionRow, read_exceptions
+
 ERP_ENTITIES = ("company", "stock_item", "sales_order", "credit_note")
 OMETRIA_TYPES = ("contact", "order", "product")
 # An ERP record's Ometria record has the same key for these (map keys them on the stable id).
@@ -39,26 +41,11 @@ class RecordView:
                 "ledger": self.ledger, "ometria": self.ometria, "other": self.other, "note": self.note}
 
 
-@dataclass
-class ExceptionDetail:
-    id: int
-    type: str
-    severity: str
-    owner: str
-    stage: str
-    entity: str | None
-    record_key: str | None
-    reason: str
-    records: list[str]
-    detail: dict
-    first_seen: str
-    last_seen: str
-    resolved_at: str | None
-    views: list[RecordView]
+@dataclass(frozen=True)
+class ExceptionDetail(ExceptionRow):
+    """One register row with a view of every record it involves."""
 
-    @property
-    def status(self) -> str:
-        return "resolved" if self.resolved_at else "open"
+    views: tuple[RecordView, ...] = ()
 
     @property
     def rule(self) -> str | None:
@@ -67,7 +54,7 @@ class ExceptionDetail:
     def as_dict(self) -> dict:
         return {"id": self.id, "type": self.type, "severity": self.severity, "owner": self.owner,
                 "status": self.status, "stage": self.stage, "entity": self.entity, "key": self.record_key,
-                "reason": self.reason, "rule": self.rule, "records": self.records, "detail": self.detail,
+                "reason": self.reason, "rule": self.rule, "records": self.records, "detail": self.detail or {},
                 "first_seen": self.first_seen, "last_seen": self.last_seen, "resolved_at": self.resolved_at,
                 "involved": [v.as_dict() for v in self.views]}
 
@@ -200,13 +187,10 @@ def view_record(conn: sqlite3.Connection, ref: str, detail: dict | None = None) 
 
 
 def show_exception(conn: sqlite3.Connection, exception_id: int) -> ExceptionDetail | None:
-    row = conn.execute(
-        "SELECT id, type, severity, owner, stage, entity, record_key, reason, records, detail, first_seen, "
-        "last_seen, resolved_at FROM exception WHERE id = ?", (exception_id,)).fetchone()
-    if row is None:
+    found = read_exceptions(conn, "id = ?", (exception_id,))
+    if not found:
         return None
-    records = json.loads(row[8])
-    detail = _json(row[9]) or {}
-    views = [view_record(conn, r, detail) for r in records]
-    return ExceptionDetail(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], records, detail,
-                           row[10], row[11], row[12], views)
+    row = found[0]
+    detail = row.detail or {}
+    views = tuple(view_record(conn, r, detail) for r in row.records)
+    return ExceptionDetail(**{**row.__dict__, "detail": detail}, views=views)

@@ -12,6 +12,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Iterator
 
@@ -38,10 +39,25 @@ class ExceptionRow:
     first_seen: str
     last_seen: str
     resolved_at: str | None
+    detail: dict | None = None
 
     @property
     def status(self) -> str:
         return "resolved" if self.resolved_at else "open"
+
+
+_EXCEPTION_COLUMNS = ("id, type, severity, owner, stage, entity, record_key, reason, records, first_seen, last_seen, "
+                      "resolved_at, detail")
+
+
+def read_exceptions(conn: sqlite3.Connection, where: str = "1=1", args: tuple | list = ()) -> list[ExceptionRow]:
+    """Exception rows matching ``where`` (SQL over the exception table), in id order.
+
+    ``detail`` keeps amounts exact (JSON floats read as Decimal).
+    """
+    rows = conn.execute(f"SELECT {_EXCEPTION_COLUMNS} FROM exception WHERE {where} ORDER BY id", args).fetchall()
+    return [ExceptionRow(*r[:8], json.loads(r[8]), *r[9:12], json.loads(r[12], parse_float=Decimal) if r[12] else None)
+            for r in rows]
 
 
 class StateStore:
@@ -145,21 +161,16 @@ class StateStore:
         return self.conn.execute(sql, args).rowcount
 
     def exceptions(self, *, open_only: bool = False, owner: str | None = None, type: str | None = None) -> list[ExceptionRow]:
-        sql = ("SELECT id, type, severity, owner, stage, entity, record_key, reason, records, first_seen, "
-               "last_seen, resolved_at FROM exception WHERE 1=1")
-        args: list = []
+        where, args = ["1=1"], []
         if open_only:
-            sql += " AND resolved_at IS NULL"
+            where.append("resolved_at IS NULL")
         if owner:
-            sql += " AND owner = ?"
+            where.append("owner = ?")
             args.append(owner)
         if type:
-            sql += " AND type = ?"
+            where.append("type = ?")
             args.append(type)
-        sql += " ORDER BY id"
-        return [
-            ExceptionRow(*r[:8], json.loads(r[8]), *r[9:]) for r in self.conn.execute(sql, args).fetchall()
-        ]
+        return read_exceptions(self.conn, " AND ".join(where), args)
 
 
 def _statements(script: str) -> list[str]:
