@@ -19,7 +19,6 @@ from khaosync.khaos.soap import KhaosClient
 from khaosync.mapping import load_mapping, parse_mapping
 from khaosync.ometria import wire
 from khaosync.sandbox.generator import load_manifest
-from khaosync.sandbox.lifecycle import init_sandbox
 from khaosync.sandbox.ometria_validation import validate_record
 from khaosync.sandbox.server import SandboxApp
 from khaosync.stages.map import map_records
@@ -29,13 +28,6 @@ from khaosync.store import open_store, outbound
 KEY = "sandbox-key"
 ROOT = Path(__file__).resolve().parents[2]
 D = Decimal
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("planted") / "sandbox"
-    init_sandbox(folder, api_key=KEY, seed=11, customers=80, orders=400)
-    return folder
 
 
 @pytest.fixture(scope="module")

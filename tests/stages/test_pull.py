@@ -1,6 +1,5 @@
 """Pull against the sandbox: what was planted is what gets staged, nothing twice, nothing lost."""
 
-import json
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -11,27 +10,13 @@ import pytest
 from khaosync.config import sandbox_profile
 from khaosync.khaos.soap import KhaosClient
 from khaosync.sandbox.generator import load_manifest
-from khaosync.sandbox.lifecycle import advance_sandbox, init_sandbox
+from khaosync.sandbox.lifecycle import advance_sandbox
 from khaosync.sandbox.server import SandboxApp
 from khaosync.stages.pull import ENTITIES, FileSource, SoapSource, pull
 from khaosync.store import open_store
 from khaosync.store import staging
 
 KEY = "sandbox-key"
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("planted") / "sandbox"
-    init_sandbox(folder, api_key=KEY, seed=11, customers=80, orders=400)
-    return folder
-
-
-@pytest.fixture
-def sandbox(planted, tmp_path) -> Path:
-    folder = tmp_path / "sandbox"
-    shutil.copytree(planted, folder)
-    return folder
 
 
 def profile_for(tmp_path: Path, sandbox: Path):

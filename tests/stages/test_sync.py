@@ -2,36 +2,19 @@
 
 import json
 import shutil
-from pathlib import Path
 
-import httpx
-import pytest
 from typer.testing import CliRunner
 
 from khaosync.cli.app import app
 from khaosync.config import sandbox_profile
 from khaosync.connect import Connections
-from khaosync.sandbox.lifecycle import advance_sandbox, init_sandbox
+from khaosync.sandbox.lifecycle import advance_sandbox
 from khaosync.sandbox.ometria_emulator import OmetriaEmulator
 from khaosync.stages.sync import sync
 from khaosync.store import open_store
 from khaosync.store.outbound import iter_records
 
 KEY = "sandbox-key"
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("sync") / "sandbox"
-    init_sandbox(folder, api_key=KEY, seed=11, customers=80, orders=400)
-    return folder
-
-
-@pytest.fixture
-def sandbox(planted, tmp_path) -> Path:
-    folder = tmp_path / "sandbox"
-    shutil.copytree(planted, folder)
-    return folder
 
 
 def run(tmp_path, sandbox, *, commit, since=None):
