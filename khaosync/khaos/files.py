@@ -62,6 +62,8 @@ import codecs
 import csv
 import fnmatch
 import io
+import json
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -213,14 +215,35 @@ def load_column_map(path: Path | None) -> ColumnMap:
 
 _Rows = list[tuple[int, list[str]]]  # (line number in the file, cells)
 
+_CHUNK = 1 << 20
+
 
 @dataclass
 class _Table:
+    """A delimited file's header, and its rows spooled to a private temporary database.
+
+    A report export can be larger than we want to hold (a year of credit notes), and its
+    records' rows need not be next to each other, so rows wait on disk (SQLite's temporary
+    file) and are read back by record, not all at once.
+    """
+
     path: Path
     delimiter: str
     header: list[str]
-    rows: _Rows
+    spool: sqlite3.Connection
     index: dict[str, int]  # our field -> column position, for the columns present
+
+    def rows(self) -> Iterator[tuple[int, list[str]]]:
+        """Every data row in file order, a page at a time."""
+        after = 0
+        while True:
+            page = self.spool.execute("SELECT line, cells FROM row WHERE line > ? ORDER BY line LIMIT 1000",
+                                      (after,)).fetchall()
+            for line, cells in page:
+                yield line, json.loads(cells)
+            if len(page) < 1000:
+                return
+            after = page[-1][0]
 
     def raw(self, rows: Iterable[tuple[int, list[str]]]) -> bytes:
         """The header and these rows, written back in the file's own dialect."""
@@ -231,12 +254,36 @@ class _Table:
         return out.getvalue().encode("utf-8")
 
 
-def _decode(data: bytes, encoding: str) -> str:
+def _text_chunks(path: Path, encoding: str) -> Iterator[str]:
+    """The file decoded a chunk at a time; invalid bytes are a ``DocumentError`` naming the offset."""
     codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    try:
-        return data.decode(codec)
-    except UnicodeDecodeError as exc:
-        raise DocumentError(f"not valid {encoding}: byte 0x{data[exc.start]:02x} at offset {exc.start}") from None
+    decoder = codecs.getincrementaldecoder(codec)()
+    offset = 0
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                bad = exc.object[exc.start] if exc.start < len(exc.object) else 0
+                raise DocumentError(f"not valid {encoding}: byte 0x{bad:02x} at offset {offset + exc.start}") from None
+            if text:
+                yield text
+            if not chunk:
+                return
+            offset += len(chunk)
+
+
+def _lines(chunks: Iterable[str]) -> Iterator[str]:
+    """Whole physical lines (newline kept, as the csv module wants them) from text chunks."""
+    rest = ""
+    for chunk in chunks:
+        parts = (rest + chunk).split("\n")
+        rest = parts.pop()
+        for part in parts:
+            yield part + "\n"
+    if rest:
+        yield rest
 
 
 def _sniff_delimiter(path: Path, first_line: str) -> str:
@@ -262,26 +309,38 @@ def _match_columns(header: list[str], wanted: dict[str, str]) -> dict[str, int]:
 
 
 def _read_table(path: Path, columns: ColumnMap, entity_columns: _Columns, required: frozenset[str]) -> _Table:
-    """Read and check a whole delimited file; every file-level failure is a ``DocumentError``."""
+    """Read and check a whole delimited file; every file-level failure is a ``DocumentError``.
+
+    The whole file is read (and checked) before any record is returned, but only the header
+    stays in memory: the rows go to the table's spool.
+    """
     try:
-        text = _decode(path.read_bytes(), columns.encoding)
+        first_line = next(_lines(_text_chunks(path, columns.encoding)), "").rstrip("\r\n")
+        delimiter = columns.delimiter or _sniff_delimiter(path, first_line)
+        spool = sqlite3.connect("", check_same_thread=False)  # "": a private temporary database on disk
+        spool.execute("CREATE TABLE row (line INTEGER PRIMARY KEY, cells TEXT NOT NULL, key TEXT)")
+        header: list[str] | None = None
+        reader = csv.reader(_lines(_text_chunks(path, columns.encoding)), delimiter=delimiter, strict=True)
+        batch: list[tuple[int, str]] = []
+        for cells in reader:
+            if not any(cell.strip() for cell in cells):
+                continue  # blank lines carry nothing
+            if header is None:
+                header = [cell.strip() for cell in cells]
+                continue
+            batch.append((reader.line_num, json.dumps(cells)))  # the physical line, even after a quoted newline
+            if len(batch) >= 1000:
+                spool.executemany("INSERT INTO row(line, cells) VALUES (?, ?)", batch)
+                batch = []
+        spool.executemany("INSERT INTO row(line, cells) VALUES (?, ?)", batch)
     except OSError as exc:
         raise DocumentError(f"cannot read: {exc}", source=str(path)) from None
     except DocumentError as exc:
         raise DocumentError(exc.reason, source=str(path)) from None
-    first_line = text.split("\n", 1)[0]
-    delimiter = columns.delimiter or _sniff_delimiter(path, first_line)
-    lines: _Rows = []
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    try:
-        for cells in reader:
-            lines.append((reader.line_num, cells))  # the physical line, even after a quoted newline
     except csv.Error as exc:
         raise DocumentError(f"not readable as delimited text: {exc}", source=str(path)) from None
-    lines = [(n, cells) for n, cells in lines if any(cell.strip() for cell in cells)]  # blank lines carry nothing
-    if not lines:
+    if header is None:
         raise DocumentError("empty file: no header row", source=str(path))
-    header = [cell.strip() for cell in lines[0][1]]
     repeated = sorted({name for name in header if header.count(name) > 1 and name})
     if repeated:
         raise DocumentError(f"header repeats column(s) {', '.join(map(repr, repeated))}", source=str(path))
@@ -294,7 +353,7 @@ def _read_table(path: Path, columns: ColumnMap, entity_columns: _Columns, requir
             f"missing column(s) {', '.join(map(repr, missing))} (header: {', '.join(map(repr, header))})",
             source=str(path),
         )
-    return _Table(path, delimiter, header, lines[1:], index)
+    return _Table(path, delimiter, header, spool, index)
 
 
 class _Row:
@@ -356,12 +415,13 @@ class _Row:
 def _groups(table: _Table, key_field: str, column: str) -> Iterator[tuple[str | None, _Rows, list[str]]]:
     """Rows grouped by the record's numeric key, in order of first appearance.
 
-    A row whose key is blank or not a number is its own group with key ``None`` and an error.
-    Groups need not be contiguous (reports sort by other columns); the file is read whole.
+    A row whose key is blank or not a number is its own group with key ``None`` and an error;
+    those come first, in file order. Groups need not be contiguous (reports sort by other
+    columns): the keys are written beside the spooled rows and each group read back by key.
     """
-    groups: dict[str, _Rows] = {}
     i = table.index[key_field]
-    for line, cells in table.rows:
+    keyed: list[tuple[str, int]] = []
+    for line, cells in table.rows():
         value = cells[i].strip() if i < len(cells) else ""
         try:
             number = convert.kc_int(value)
@@ -371,8 +431,17 @@ def _groups(table: _Table, key_field: str, column: str) -> Iterator[tuple[str | 
             label = f"not a numeric id: {show(value)}" if value else "missing"
             yield None, [(line, cells)], [f"line {line}, {key_field} (column {column!r}): {label}"]
             continue
-        groups.setdefault(str(number), []).append((line, cells))
-    for key, rows in groups.items():
+        keyed.append((str(number), line))
+        if len(keyed) >= 1000:
+            table.spool.executemany("UPDATE row SET key = ? WHERE line = ?", keyed)
+            keyed = []
+    table.spool.executemany("UPDATE row SET key = ? WHERE line = ?", keyed)
+    table.spool.execute("CREATE INDEX row_key ON row(key, line)")
+    firsts = table.spool.execute(
+        "SELECT key FROM row WHERE key IS NOT NULL GROUP BY key ORDER BY min(line)").fetchall()
+    for (key,) in firsts:
+        rows = [(line, json.loads(cells)) for line, cells in table.spool.execute(
+            "SELECT line, cells FROM row WHERE key = ? ORDER BY line", (key,))]
         yield key, rows, []
 
 
