@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
@@ -237,6 +238,17 @@ def _open_rows(conn: Any, types: set[str]) -> dict[tuple[str, str, str], tuple[i
         if key not in out or (s in DETECTOR_STAGES and out[key][1] not in DETECTOR_STAGES):
             out[key] = (i, s)
     return out
+
+
+def amount(value: object) -> Decimal | None:
+    """A money value read from JSON (SQLite's json_extract or a body): exact, or None when it
+    is absent or not a number (a boolean is not an amount)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
 
 
 def ref(kind: str, key: object) -> str:

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Iterator
 
-from khaosync.detectors import Check, DetectorContext, Finding, ref
+from khaosync.detectors import Check, DetectorContext, Finding, amount, ref
 
 TYPE = "product_mismatch"
 
@@ -49,15 +49,6 @@ class _Item:
         return self.parent_id is not None
 
 
-def _decimal(value) -> Decimal | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return Decimal(str(value))
-    except InvalidOperation:
-        return None
-
-
 def catalogue(ctx: DetectorContext) -> dict[str, _Item]:
     """Staged stock items by key (a catalogue is thousands of items, not millions)."""
     if "catalogue" not in ctx.cache:
@@ -68,7 +59,7 @@ def catalogue(ctx: DetectorContext) -> dict[str, _Item]:
                 "json_extract(parsed, '$.sell_price') FROM staged_record "
                 "WHERE entity = 'stock_item' AND current = 1 AND parsed IS NOT NULL"):
             items[key] = _Item(key, code or "", None if parent is None else str(parent), bool(deleted), desc or "",
-                               _decimal(price))
+                               amount(price))
         ctx.cache["catalogue"] = items
     return ctx.cache["catalogue"]
 
@@ -162,7 +153,7 @@ def stock_item(ctx: DetectorContext) -> Iterator[Finding]:
             missing = []
             if not item.description.strip() or (body is not None and not str(body.get("title") or "").strip()):
                 missing.append("title")
-            price = _decimal(body.get("price")) if body is not None else item.sell_price
+            price = amount(body.get("price")) if body is not None else item.sell_price
             if item.sell_price is None or item.sell_price <= 0 or price is None or price <= 0:
                 missing.append("price above zero")
             if body is not None and body.get("is_variant") is not True and not body.get("url"):

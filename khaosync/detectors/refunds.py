@@ -17,20 +17,19 @@ Ometria itself. An order never pushed has no gap: its first push carries the ref
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Iterator
 
-from khaosync.detectors import Check, DetectorContext, Finding, ref
+from khaosync.detectors import Check, DetectorContext, Finding, amount, ref
 from khaosync.ometria import wire
 
 TYPE = "refund_gap"
 
 
 def _decimal(value) -> Decimal:
-    try:
-        return Decimal(str(value)) if value is not None and not isinstance(value, bool) else Decimal(0)
-    except InvalidOperation:
-        return Decimal(0)
+    """An amount, zero when absent or unreadable (a refund we cannot read refunds nothing)."""
+    found = amount(value)
+    return Decimal(0) if found is None else found
 
 
 def credit_notes(ctx: DetectorContext) -> dict[str, list[tuple[str, Decimal, str]]]:
@@ -66,9 +65,9 @@ def _gaps(ctx: DetectorContext, held_by_ometria) -> Iterator[Finding]:
         row = conn.execute("SELECT json_extract(parsed, '$.order_amount'), json_extract(parsed, '$.sorder_code'), "
                            "json_extract(parsed, '$.currency') FROM staged_record WHERE entity = 'sales_order' "
                            "AND key = ? AND current = 1", (sorder,)).fetchone()
-        amount = _decimal(row[0]) if row else Decimal(0)
+        order_amount = _decimal(row[0]) if row else Decimal(0)
         refunded = sum((total for _, total, _ in notes[sorder]), Decimal(0))
-        full = amount > 0 and refunded >= amount
+        full = order_amount > 0 and refunded >= order_amount
         if not shows_full_value(doc, full, ctx):
             continue
         codes = ", ".join(code for _, _, code in notes[sorder])
@@ -82,7 +81,7 @@ def _gaps(ctx: DetectorContext, held_by_ometria) -> Iterator[Finding]:
             f"grand_total {doc.get('grand_total', '-')})",
             (ref("sales_order", sorder), *(ref("credit_note", key) for key, _, _ in notes[sorder])),
             "ometria_order" if ctx.live is not None else "sales_order", sorder,
-            detail={"refund": kind, "refunded": str(refunded), "order_amount": str(amount),
+            detail={"refund": kind, "refunded": str(refunded), "order_amount": str(order_amount),
                     "ometria": {k: str(doc[k]) if not isinstance(doc[k], (str, bool)) else doc[k]
                                 for k in ("status", "is_valid", "grand_total") if k in doc}})
 

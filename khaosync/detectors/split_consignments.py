@@ -21,10 +21,10 @@ no sales order is an ``ometria_only_order`` (info): a storefront order KC never 
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Iterator
 
-from khaosync.detectors import Check, DetectorContext, Finding, ref
+from khaosync.detectors import Check, DetectorContext, Finding, amount, ref
 from khaosync.store import staging
 
 TYPE = "split_consignment_duplicate"
@@ -45,18 +45,9 @@ def _erp_order(conn, key: str) -> dict | None:
         (key,)).fetchone()
     if row is None:
         return None
-    amount = _decimal(row[0])
-    return {"value": Decimal(0) if row[2] else amount, "currency": row[1], "code": row[3] or key,
+    value = amount(row[0])
+    return {"value": Decimal(0) if row[2] else value, "currency": row[1], "code": row[3] or key,
             "cancelled": bool(row[2])}
-
-
-def _decimal(value) -> Decimal | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return Decimal(str(value))
-    except InvalidOperation:
-        return None
 
 
 class _InvoiceIndex:
@@ -93,7 +84,7 @@ def link(conn, doc: dict, invoices: _InvoiceIndex) -> tuple[str | None, str | No
 def _valid_revenue(doc: dict, currency: str | None) -> Decimal:
     if doc.get("is_valid") is False or (currency and doc.get("currency") != currency):
         return Decimal(0)
-    return _decimal(doc.get("grand_total")) or Decimal(0)
+    return amount(doc.get("grand_total")) or Decimal(0)
 
 
 def _summary(doc: dict) -> dict:

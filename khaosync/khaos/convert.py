@@ -31,12 +31,18 @@ class ConversionError(ValueError):
     """A value that does not follow the KC convention it should."""
 
 
+def _dated(value: str | None) -> str | None:
+    """The text of a KC date or datetime, or None for "no date" (blank, 1899-12-30/31)."""
+    text = (value or "").strip()
+    if not text or text.startswith(("1899-12-30", "1899-12-31")):
+        return None
+    return text
+
+
 def kc_datetime_to_utc(value: str | None) -> datetime | None:
     """``2026-10-25T01:30:00`` (London) -> aware UTC datetime; "no date" -> None."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text or text.startswith("1899-12-30") or text.startswith("1899-12-31"):
+    text = _dated(value)
+    if text is None:
         return None
     try:
         naive = datetime.fromisoformat(text)
@@ -61,10 +67,8 @@ def utc_to_kc_datetime(value: datetime) -> str:
 
 def kc_date(value: str | None) -> date | None:
     """A KC datetime used as a calendar date (DOB): the local date, no zone shift."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text or text.startswith("1899-12-30") or text.startswith("1899-12-31"):
+    text = _dated(value)
+    if text is None:
         return None
     try:
         return datetime.fromisoformat(text).date() if "T" in text else date.fromisoformat(text)

@@ -137,28 +137,25 @@ def get(conn: sqlite3.Connection, type_: str, id_: str) -> OutboundRecord | None
     return _row(r) if r else None
 
 
+def _where(type_: str | None, state: str | None) -> tuple[str, list[str]]:
+    clauses, args = ["1=1"], []
+    for column, value in (("type", type_), ("state", state)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    return " AND ".join(clauses), args
+
+
 def iter_records(conn: sqlite3.Connection, type_: str | None = None, state: str | None = None) -> Iterator[OutboundRecord]:
     """Records in (type, id) order, streamed."""
-    sql, args = f"SELECT {_COLUMNS} FROM outbound_record WHERE 1=1", []
-    if type_ is not None:
-        sql += " AND type = ?"
-        args.append(type_)
-    if state is not None:
-        sql += " AND state = ?"
-        args.append(state)
-    for r in conn.execute(sql + " ORDER BY type, id", args):
+    where, args = _where(type_, state)
+    for r in conn.execute(f"SELECT {_COLUMNS} FROM outbound_record WHERE {where} ORDER BY type, id", args):
         yield _row(r)
 
 
 def count(conn: sqlite3.Connection, type_: str | None = None, state: str | None = None) -> int:
-    sql, args = "SELECT count(*) FROM outbound_record WHERE 1=1", []
-    if type_ is not None:
-        sql += " AND type = ?"
-        args.append(type_)
-    if state is not None:
-        sql += " AND state = ?"
-        args.append(state)
-    return conn.execute(sql, args).fetchone()[0]
+    where, args = _where(type_, state)
+    return conn.execute(f"SELECT count(*) FROM outbound_record WHERE {where}", args).fetchone()[0]
 
 
 def counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
