@@ -65,26 +65,33 @@ class ErpRecord(_Model):
 
 class Address(_Model):
     address_id: int
+    organisation: str = ""
     addr1: str = ""
     addr2: str = ""
     addr3: str = ""
     town: str = ""
     county: str = ""
     postcode: str = ""
-    country_code: str = ""
+    country: str = ""  # the country's name; KC wants COUNTRY or COUNTRY_CODE on import
+    country_code: str = ""  # as KC holds it: ISO 3166 alpha-3 ("GBR") on the sites seen, alpha-2 on others
     email: str = ""
     tel: str = ""
-    addr_type: str = ""  # "Invoice" | "Delivery" on the sites seen
+    addr_type: str = ""  # "Invoice" | "Delivery" (KC's ADDRTYPE 1 | 2)
     inactive: bool = False
 
 
 class Contact(_Model):
+    """A contact. KC keeps contacts inside an address (ADDRESS/CONTACTS/CONTACT): ``address_id``
+    says which; khaosync lists them flat on the company."""
+
     contact_id: int
+    address_id: int | None = None
     title: str = ""
     forename: str = ""
     surname: str = ""
     email: str = ""
     mobile: str = ""
+    tel: str = ""
     dob: date | None = None
     email_subscribe: bool | None = None  # None: KC holds no decision (blank EMAILSUBSCRIBE)
     mailing_flag: bool | None = None
@@ -99,13 +106,14 @@ class Company(ErpRecord):
     company_id: int
     company_code: str
     name: str = ""
-    company_class: str = ""
+    other_ref: str = ""  # "associated reference code eg. website ID"
+    company_class: str = ""  # mandatory on ImportCompany, even for an update
     status: str = ""
     web_user: str = ""
     mailing_status: int | None = None  # an id into the site's own list: map it, never hard-code
     currency: str = ""
     date_created: UtcDatetime | None = None
-    last_updated: UtcDatetime | None = None
+    last_updated: UtcDatetime | None = None  # not in the vendor's document: only a site export that adds it
     additional: dict[str, str] = Field(default_factory=dict)
     addresses: list[Address] = Field(default_factory=list)
     contacts: list[Contact] = Field(default_factory=list)
@@ -119,11 +127,17 @@ class Company(ErpRecord):
 
 
 class Scs(_Model):
-    """Style/colour/size of a variant (KC's SCS structure)."""
+    """Where a variant sits in its parent's SCS (size/colour/style) template.
+
+    ``levels`` is every level as KC names it (``HEADING LEVEL=`` text -> the ``STYLE``
+    description on the variant's path, e.g. ``{"Size": "M", "Colour": "Red"}``); ``style``,
+    ``colour`` and ``size`` are the levels whose heading reads so, for the mapping.
+    """
 
     style: str = ""
     colour: str = ""
     size: str = ""
+    levels: dict[str, str] = Field(default_factory=dict)
 
 
 class StockItem(ErpRecord):
@@ -133,22 +147,40 @@ class StockItem(ErpRecord):
 
     stock_id: int
     stock_code: str
+    # An SCS child's parent: from the parent's SCS tree, or from GetStockList's ParentCode when
+    # the site exports children as separate, unlinked items.
     parent_id: int | None = None
     parent_code: str | None = None
-    other_ref: str = ""
+    variant_codes: list[str] = Field(default_factory=list)  # an SCS parent's children, by code
+    other_ref: str = ""  # ASSOCIATED_REF: the alternative code (KC's "Other Ref")
     description: str = ""
     long_description: str = ""
     web_teaser: str = ""
     sell_price: Money | None = None
+    sell_price_web: Money | None = None  # overrides the sell price on the web, when set
+    sell_price_is_net: bool | None = None  # SELL_PRICE_NET: -1 when SELL_PRICE excludes VAT
     vat_rate: Money | None = None
-    deleted: bool = False
-    stock_type: int | None = None
+    deleted: bool = False  # "DELETED products should not be sold online" (combines WEB and DISCONTINUED)
+    web: bool | None = None
+    discontinued: bool = False
+    # Stock types, as text (KC's categories), levels 1 to 4, with their ids.
+    stock_top_type: str = ""  # STOCK_TTYPE, level 1
+    stock_type: str = ""  # STOCK_TYPE, level 2, e.g. "Books"
+    stock_type_id: str = ""
+    stock_mid_type: str = ""  # level 3, only when four levels are used
+    stock_sub_type: str = ""  # level 4
     manufacturer: str = ""
     barcodes: list[str] = Field(default_factory=list)
     user_defined: dict[str, str] = Field(default_factory=dict)
+    options: dict[str, str] = Field(default_factory=dict)
     images: list[str] = Field(default_factory=list)
     scs: Scs | None = None
-    last_updated: UtcDatetime | None = None
+    # From ExportStockStatus for the configured site: LEVEL available to sell, STATUS 0-5
+    # (0 in stock, 1 all allocated, 2 out of stock and due, 3 out and not due soon,
+    # 4 discontinued, 5 not stock controlled). None: no status read for this item.
+    stock_level: Money | None = None
+    stock_status: int | None = None
+    last_updated: UtcDatetime | None = None  # not in the vendor's document
 
     @property
     def key(self) -> str:
@@ -158,6 +190,28 @@ class StockItem(ErpRecord):
     def is_variant(self) -> bool:
         """A child of a style (size/colour variant), as opposed to a parent or plain item."""
         return self.parent_id is not None or bool(self.parent_code)
+
+
+class StockStatus(ErpRecord):
+    """ExportStockStatus's view of one item at one site (``STOCK_STATUS SITE=`` /
+    ``STOCK_ITEM CODE= ID=``), keyed on its code. ``stock_ref`` is the ``ID`` attribute as
+    KC sent it: the vendor's sample shows an alphanumeric one (``A3567``)."""
+
+    ENTITY: ClassVar[str] = "stock_status"
+
+    stock_code: str
+    stock_ref: str = ""
+    site: str = ""
+    description: str = ""
+    other_ref: str = ""
+    sell_price: Money | None = None
+    level: Money | None = None
+    status: int | None = None
+    lead_time: date | None = None
+
+    @property
+    def key(self) -> str:
+        return self.stock_code
 
 
 # -- sales orders and despatches -----------------------------------------------------
@@ -187,19 +241,50 @@ class InvoiceItem(_Model):
     qty: Money
 
 
-class Invoice(_Model):
-    """One despatch. ``invoice_id`` is stable; ``invoice_code`` can change."""
+class Box(_Model):
+    """A package of an invoice (``INVOICE/BOX``), when it was packed into several."""
 
-    invoice_id: int
+    shipped: bool | None = None
+    ship_date: date | None = None
+    courier: str = ""
+    consignment_ref: str = ""
+    tracking_url: str = ""
+
+
+class Invoice(_Model):
+    """One despatch. ExportOrderStatusEx names it by ``invoice_code`` only (no internal id);
+    a site export that carries ``INVOICE_ID`` fills ``invoice_id`` too."""
+
+    invoice_id: int | None = None
     invoice_code: str = ""
     stage_id: int | None = None
     stage_desc: str = ""
-    issued: UtcDatetime | None = None
+    invoice_date: date | None = None  # last printed or edited
+    ship_date: date | None = None  # shipment confirmed in the Sales Invoice Manager
+    issue_date: date | None = None
+    issued: UtcDatetime | None = None  # the issue date as a time (London midnight), for ordering
     consignment_ref: str = ""
     courier_code: str = ""
     courier_name: str = ""
     tracking_number: str = ""
-    items: list[InvoiceItem] = Field(default_factory=list)
+    tracking_url: str = ""
+    qty_sold: Money | None = None
+    qty_sent: Money | None = None
+    moved: bool | None = None  # the stage changed since KC's last status update
+    boxes: list[Box] = Field(default_factory=list)
+    items: list[InvoiceItem] = Field(default_factory=list)  # not in the vendor's status document
+
+    @property
+    def label(self) -> str:
+        return self.invoice_code or (str(self.invoice_id) if self.invoice_id is not None else "?")
+
+
+class Cancellation(_Model):
+    """``CANCELLED`` in a status answer: present only for a cancelled order."""
+
+    when: UtcDatetime | None = None
+    reason: str = ""
+    user_name: str = ""
 
 
 class SalesOrder(ErpRecord):
@@ -226,9 +311,14 @@ class SalesOrder(ErpRecord):
     delivery_gross: Money | None = None
     courier_code: str = ""
     keycode_code: str = ""
+    order_type: int = 1  # 1 sales order, 2 credit note (ORDER_TYPE TYPE_ID)
     cancelled: bool = False
     lines: list[OrderLine] = Field(default_factory=list)
+    # From ExportOrderStatusEx: the derived status, whether KC marks the order complete (every
+    # unit assigned and every invoice issued), the cancellation, and the invoices (despatches).
     status: str | None = None
+    complete: bool | None = None
+    cancellation: Cancellation | None = None
     invoices: list[Invoice] = Field(default_factory=list)
 
     @property
@@ -237,19 +327,48 @@ class SalesOrder(ErpRecord):
 
 
 class OrderStatus(ErpRecord):
-    """ExportOrderStatusEx's view of an order: its status and its invoices (despatches)."""
+    """ExportOrderStatusEx's view of an order (``STATUS_LIST/ORDER_STATUS``), keyed on its
+    ``SORDER_CODE``: the vendor's document carries no internal order id.
+
+    ``status`` is derived by the parser (``Cancelled`` when ``CANCELLED`` is present,
+    ``Complete`` when ``COMPLETE`` is -1, ``PartialShip`` once an invoice is issued,
+    ``Shipping`` while one is being picked/packed/shipped, else ``Received``), in the words of
+    KCC's channel status so both sources read alike.
+    """
 
     ENTITY: ClassVar[str] = "order_status"
 
-    sorder_id: int
-    sorder_code: str = ""
+    sorder_code: str
     associated_ref: str = ""
+    company_code: str = ""
+    company_other_ref: str = ""
+    company_name: str = ""
+    order_type: int = 1  # 1 sales order, 2 credit note
+    courier: str = ""
+    currency: str = ""
+    date_created: date | None = None
+    delivery_date: date | None = None
+    items_total: Money | None = None  # gross; NET_VALUE attribute -> items_net
+    items_net: Money | None = None
+    delivery_total: Money | None = None
+    delivery_net: Money | None = None
+    complete: bool | None = None
+    qty_sold: Money | None = None
+    qty_assigned: Money | None = None
+    cancellation: Cancellation | None = None
     status: str = ""
     invoices: list[Invoice] = Field(default_factory=list)
 
     @property
     def key(self) -> str:
-        return str(self.sorder_id)
+        return self.sorder_code
+
+    @property
+    def gross_total(self) -> Decimal | None:
+        """ITEMS_TOTAL + DELIVERY_TOTAL: "combined to provide Total Gross Order Value"."""
+        if self.items_total is None:
+            return None
+        return self.items_total + (self.delivery_total or Decimal(0))
 
 
 # -- refunds -------------------------------------------------------------------------
@@ -285,7 +404,7 @@ class CreditNote(ErpRecord):
 
 
 RECORD_TYPES: dict[str, type[ErpRecord]] = {
-    cls.ENTITY: cls for cls in (Company, StockItem, SalesOrder, OrderStatus, CreditNote)
+    cls.ENTITY: cls for cls in (Company, StockItem, StockStatus, SalesOrder, OrderStatus, CreditNote)
 }
 """Entity name -> model, for reading staged records back (``RECORD_TYPES[e].model_validate_json``)."""
 
@@ -332,7 +451,7 @@ def content_hash(model: BaseModel) -> str:
 
 
 __all__ = [
-    "Address", "Company", "Contact", "CreditNote", "CreditNoteLine", "ErpRecord", "Invoice", "InvoiceItem",
-    "Money", "OrderLine", "OrderStatus", "RECORD_TYPES", "SalesOrder", "Scs", "StockItem", "UtcDatetime",
+    "Address", "Box", "Cancellation", "Company", "Contact", "CreditNote", "CreditNoteLine", "ErpRecord", "Invoice", "InvoiceItem",
+    "Money", "OrderLine", "OrderStatus", "RECORD_TYPES", "SalesOrder", "Scs", "StockItem", "StockStatus", "UtcDatetime",
     "canonical_json", "content_hash",
 ]
