@@ -132,10 +132,16 @@ class PullSettings(Strict):
     """How far back pull looks (see docs/pull.md)."""
 
     lookback_hours: float = Field(default=24, ge=0, description="re-read this much before each bookmark")
-    order_window_days: int = Field(default=7, ge=1, le=366, description="widest ExportOrders date window")
-    orders_per_request: int = Field(default=500, ge=10, le=20000,
-                                    description="windows adapt to hold about this many orders per request")
     history_start: date = Field(default=date(2015, 1, 1), description="where a --full pull starts")
+    first_order_code: str = Field(default="SO00001", pattern=r"^[A-Za-z0-9_/-]*[0-9]+$",
+                                  description="the sales order code a first (or --full) pull walks from")
+    order_code_gap: int = Field(default=50, ge=1, le=100000,
+                                description="unknown order codes in a row that end the walk (deleted codes leave gaps)")
+    order_status_lookback_days: int = Field(default=60, ge=0, le=3660,
+                                            description="completed orders placed this recently are re-read for "
+                                                        "late cancellations")
+    stock_status: Literal["all", "changed", "off"] = Field(
+        default="all", description="stock levels read each run for every staged item, only changed ones, or none")
 
 
 class SandboxSettings(Strict):

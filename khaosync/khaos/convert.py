@@ -76,6 +76,39 @@ def kc_date(value: str | None) -> date | None:
         raise ConversionError(f"not a KC date: {value!r}") from None
 
 
+_UK_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})(?:[ T]([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?)?")
+
+
+def kc_uk_date(value: str | None) -> date | None:
+    """A date as ExportOrderStatusEx writes it, ``DD/MM/YYYY`` (the vendor's comments); also
+    the ISO forms other documents use, so one reader serves both. ``30/12/1899`` and
+    ``31/12/1899`` (Delphi's zero date) are "no date"."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    match = _UK_DATE.fullmatch(text)
+    if match is None:
+        return kc_date(text)
+    day, month, year = int(match.group(1)), int(match.group(2)), int(match.group(3))
+    try:
+        parsed = date(year, month, day)
+    except ValueError:
+        raise ConversionError(f"not a KC date (DD/MM/YYYY): {value!r}") from None
+    return None if parsed.year == 1899 else parsed
+
+
+def kc_uk_date_to_utc(value: str | None) -> datetime | None:
+    """A ``DD/MM/YYYY`` (or ISO) date as the aware UTC instant of London midnight that day;
+    a full ``YYYY-MM-DDTHH:MM:SS`` London time is kept to the second."""
+    text = (value or "").strip()
+    if "T" in text and _UK_DATE.fullmatch(text) is None:
+        return kc_datetime_to_utc(text)
+    day = kc_uk_date(text)
+    if day is None:
+        return None
+    return datetime(day.year, day.month, day.day, tzinfo=LONDON).astimezone(timezone.utc)
+
+
 def kc_bool(value: str | None) -> bool | None:
     """``-1`` -> True, ``0`` -> False, blank -> None (no decision held)."""
     if value is None:
@@ -130,6 +163,6 @@ def kc_int(value: str | None, *, field: str = "value") -> int | None:
 
 
 __all__ = [
-    "ConversionError", "LONDON", "NO_DATE", "kc_bool", "kc_date", "kc_datetime_to_utc", "kc_decimal",
+    "ConversionError", "LONDON", "NO_DATE", "kc_bool", "kc_date", "kc_uk_date", "kc_uk_date_to_utc", "kc_datetime_to_utc", "kc_decimal",
     "kc_int", "kc_list", "to_kc_bool", "to_kc_list", "utc_to_kc_datetime",
 ]

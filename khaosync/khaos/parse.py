@@ -56,6 +56,7 @@ from khaosync.khaos.models import (
     OrderStatus,
     SalesOrder,
     StockItem,
+    StockStatus,
     canonical_json,
     content_hash,
 )
@@ -329,13 +330,46 @@ class _Reader:
         return self.raw(tag) or None
 
     # The converters return ``Any``: a value, None (blank), or INVALID.
-    def _convert(self, tag: str, fn: Callable[[str | None], Any], what: str) -> Any:
-        value = self.raw(tag)
+    def _convert(self, tag: str, fn: Callable[[str | None], Any], what: str, value: str | None = None,
+                 where: str | None = None) -> Any:
+        value = self.raw(tag) if where is None else value
         try:
             return fn(value)
         except ConversionError:
-            self.errors.append(f"{self.where(tag)}: not {what}: {show(value)}")
+            self.errors.append(f"{where or self.where(tag)}: not {what}: {show(value)}")
             return INVALID
+
+    # Attributes: ORDER_STATUS, INVOICE, BOX and STOCK_STATUS's STOCK_ITEM carry their data so.
+    def attr(self, name: str) -> str:
+        return (self.elem.get(name) or "").strip()
+
+    def _attr(self, name: str, fn: Callable[[str | None], Any], what: str) -> Any:
+        return self._convert(name, fn, what, self.elem.get(name), f"{self.path.rstrip('/') or _local(self.elem.tag)}@{name}")
+
+    def attr_int(self, name: str) -> int | None:
+        return self._attr(name, convert.kc_int, "an integer")
+
+    def attr_decimal(self, name: str) -> Decimal | None:
+        return self._attr(name, convert.kc_decimal, "a decimal")
+
+    def attr_bool(self, name: str) -> bool | None:
+        return self._attr(name, convert.kc_bool, "a KC boolean (-1/0)")
+
+    def attr_uk_date(self, name: str) -> date | None:
+        return self._attr(name, convert.kc_uk_date, "a date (DD/MM/YYYY)")
+
+    def attr_uk_datetime(self, name: str) -> datetime | None:
+        return self._attr(name, convert.kc_uk_date_to_utc, "a date (DD/MM/YYYY)")
+
+    def uk_date(self, tag: str) -> date | None:
+        return self._convert(tag, convert.kc_uk_date, "a date (DD/MM/YYYY)")
+
+    def uk_datetime(self, tag: str) -> datetime | None:
+        return self._convert(tag, convert.kc_uk_date_to_utc, "a date (DD/MM/YYYY)")
+
+    def child_attr(self, tag: str, name: str) -> str:
+        element = self._first.get(tag)
+        return "" if element is None else (element.get(name) or "").strip()
 
     def int(self, tag: str) -> int | None:
         return self._convert(tag, convert.kc_int, "an integer")
@@ -357,7 +391,10 @@ class _Reader:
         return None if element is None else _Reader(element, f"{self.where(tag)}/", self.errors)
 
     def each(self, container: str, tag: str) -> Iterator[_Reader]:
-        """Readers for ``container/tag`` children, paths numbered from 1 (``ORDER_ITEM[2]/``)."""
+        """Readers for ``container/tag`` children, paths numbered from 1 (``ORDER_ITEM[2]/``).
+
+        An element with nothing in it (``<CONTACT/>``, ``<INVOICE />``: the vendor's documents
+        show such placeholders) holds no data and is passed over."""
         holder = self._first.get(container)
         if holder is None:
             return
@@ -365,6 +402,8 @@ class _Reader:
         for element in holder:
             if _local(element.tag) == tag:
                 n += 1
+                if _is_empty(element):
+                    continue
                 yield _Reader(element, f"{self.where(container)}/{tag}[{n}]/", self.errors)
 
     def named(self, tag: str) -> dict[str, str]:
@@ -395,6 +434,10 @@ class _Reader:
             if text:
                 out.append(text)
         return out
+
+
+def _is_empty(element: ET.Element) -> bool:
+    return not element.attrib and len(element) == 0 and not (element.text or "").strip()
 
 
 class _Invalid:
@@ -453,22 +496,45 @@ def _read_key(reader: _Reader | None, tag: str, label_tag: str, out: _Outcome) -
 
 
 def _invoice_fields(r: _Reader) -> dict[str, Any]:
+    """An ``INVOICE`` as ExportOrderStatusEx writes it: everything in attributes, dates
+    ``DD/MM/YYYY``, ``BOX`` children. The courier's ``CONSIGNMENT_REF`` is the tracking
+    reference ("Tracking reference for invoice from Courier"), so it is the tracking number."""
+    consignment = r.attr("CONSIGNMENT_REF")
     return _drop_none({
-        "invoice_id": r.int("INVOICE_ID"),
-        "invoice_code": r.text("INVOICE_CODE"),
-        "stage_id": r.int("INVOICE_STAGE_ID"),
-        "stage_desc": r.text("INVOICE_STAGE_DESC"),
-        "issued": r.datetime("INVOICE_DATE"),
-        "consignment_ref": r.text("CONSIGNMENT_REF"),
-        "courier_code": r.text("COURIER_CODE"),
-        "courier_name": r.text("COURIER_NAME"),
-        "tracking_number": r.text("TRACKING_NUMBER"),
-        "items": [
-            _drop_none({"sorder_item_id": i.int("SORDER_ITEM_ID"), "stock_code": i.text("STOCK_CODE"),
-                        "qty": i.decimal("QTY")})
-            for i in r.each("ITEMS", "ITEM")
+        "invoice_id": r.attr_int("INVOICE_ID"),
+        "invoice_code": r.attr("INVOICE_CODE"),
+        "stage_id": r.attr_int("INVOICE_STAGE_ID"),
+        "stage_desc": r.attr("INVOICE_STAGE_DESC"),
+        "invoice_date": r.attr_uk_date("INVOICE_DATE"),
+        "ship_date": r.attr_uk_date("SHIP_DATE"),
+        "issue_date": r.attr_uk_date("ISSUE_DATE"),
+        "issued": r.attr_uk_datetime("ISSUE_DATE"),
+        "consignment_ref": consignment,
+        "courier_name": r.attr("COURIER"),
+        "tracking_number": consignment,
+        "tracking_url": r.attr("TRACKING_URL"),
+        "qty_sold": r.attr_decimal("QTY_SOLD"),
+        "qty_sent": r.attr_decimal("QTY_SENT"),
+        "moved": r.attr_bool("MOVED"),
+        "boxes": [
+            _drop_none({"shipped": b.attr_bool("SHIPPED"), "ship_date": b.attr_uk_date("SHIP_DATE"),
+                        "courier": b.attr("COURIER"), "consignment_ref": b.attr("CONSIGNMENT_REF"),
+                        "tracking_url": b.attr("TRACKING_URL")})
+            for b in _each_direct(r, "BOX")
         ],
     })
+
+
+def _each_direct(r: _Reader, tag: str) -> Iterator[_Reader]:
+    n = 0
+    for element in r.elem:
+        if _local(element.tag) == tag:
+            n += 1
+            if not _is_empty(element):
+                yield _Reader(element, f"{r.path}{tag}[{n}]/", r.errors)
+
+
+_ADDRESS_TYPES = {"1": "Invoice", "2": "Delivery"}
 
 
 def _company(elem: ET.Element) -> _Outcome:
@@ -481,65 +547,149 @@ def _company(elem: ET.Element) -> _Outcome:
         "company_id": key,
         "company_code": r.text("COMPANY_CODE"),
         "name": r.text("COMPANY_NAME"),
+        "other_ref": r.text("OTHER_REF"),
         "company_class": r.text("COMPANY_CLASS"),
         "status": r.text("COMPANY_STATUS"),
         "web_user": r.text("WEB_USER"),
         "mailing_status": r.int("MAILING_STATUS"),
         "currency": r.text("CURRENCY_CODE"),
-        "date_created": r.datetime("DATE_CREATED"),
+        "date_created": r.uk_datetime("DATE_CREATED"),
         "last_updated": r.datetime("LAST_UPDATED"),
         "additional": r.named("ADDITIONAL"),
-        "addresses": [
-            _drop_none({
-                "address_id": a.int("ADDRESS_ID"), "addr1": a.text("ADDR1"), "addr2": a.text("ADDR2"),
-                "addr3": a.text("ADDR3"), "town": a.text("TOWN"), "county": a.text("COUNTY"),
-                "postcode": a.text("POSTCODE"), "country_code": a.text("COUNTRY_CODE"), "email": a.text("EMAIL"),
-                "tel": a.text("TEL"), "addr_type": a.text("ADDRTYPE"), "inactive": a.bool("INACTIVE"),
-            })
-            for a in r.each("ADDRESSES", "ADDRESS")
-        ],
-        "contacts": [
-            _drop_none({
-                "contact_id": c.int("CONTACT_ID"), "title": c.text("TITLE"), "forename": c.text("FORENAME"),
-                "surname": c.text("SURNAME"), "email": c.text("EMAIL"), "mobile": c.text("MOBILE"),
-                "dob": c.date("DOB"), "email_subscribe": c.bool("EMAILSUBSCRIBE"),
-                "mailing_flag": c.bool("MAILING_FLAG"), "inactive": c.bool("INACTIVE"),
-            })
-            for c in r.each("CONTACTS", "CONTACT")
-        ],
     })
+    addresses: list[dict[str, Any]] = []
+    contacts: list[dict[str, Any]] = []
+    for a in r.each("ADDRESSES", "ADDRESS"):
+        address_id = a.int("ADDRESS_ID")
+        kind = a.text("ADDRTYPE")
+        addresses.append(_drop_none({
+            "address_id": address_id, "organisation": a.text("ORGANISATION"), "addr1": a.text("ADDR1"),
+            "addr2": a.text("ADDR2"), "addr3": a.text("ADDR3"), "town": a.text("TOWN"), "county": a.text("COUNTY"),
+            "postcode": a.text("POSTCODE"), "country": a.text("COUNTRY"), "country_code": a.text("COUNTRY_CODE"),
+            "email": a.text("EMAIL"), "tel": a.text("TEL"), "addr_type": _ADDRESS_TYPES.get(kind, kind),
+            "inactive": a.bool("INACTIVE"),
+        }))
+        # The vendor's document keeps contacts inside the address they belong to.
+        contacts += [_contact_fields(c, address_id) for c in a.each("CONTACTS", "CONTACT")]
+    # A site export that lists contacts at company level loses nothing either.
+    contacts += [_contact_fields(c, None) for c in r.each("CONTACTS", "CONTACT")]
+    out.fields.update(addresses=addresses, contacts=contacts)
     return out
 
 
-def _stock_item(elem: ET.Element) -> _Outcome:
-    out = _Outcome()
-    r = _Reader(elem, "", out.errors)
-    key = _read_key(r, "STOCK_ID", "STOCK_CODE", out)
-    if key is None:
-        return out
-    scs = r.child("SCS")
-    scs_fields = None
-    if scs is not None and any((scs.text("STYLE"), scs.text("COLOUR"), scs.text("SIZE"))):
-        scs_fields = {"style": scs.text("STYLE"), "colour": scs.text("COLOUR"), "size": scs.text("SIZE")}
-    out.fields = _drop_none({
-        "stock_id": key,
+def _contact_fields(c: _Reader, address_id: int | None) -> dict[str, Any]:
+    return _drop_none({
+        "contact_id": c.int("CONTACT_ID"), "address_id": address_id, "title": c.text("TITLE"),
+        "forename": c.text("FORENAME"), "surname": c.text("SURNAME"), "email": c.text("EMAIL"),
+        "mobile": c.text("MOBILE"), "tel": c.text("TEL"), "dob": c.date("DOB"),
+        "email_subscribe": c.bool("EMAILSUBSCRIBE"), "mailing_flag": c.bool("MAILING_FLAG"),
+        "inactive": c.bool("INACTIVE"),
+    })
+
+
+def _stock_fields(r: _Reader) -> dict[str, Any]:
+    """The fields a ``STOCK_ITEM`` and an ``SCS_ITEM`` share ("tags all have same format")."""
+    return _drop_none({
         "stock_code": r.text("STOCK_CODE"),
-        "parent_id": r.int("PARENT_ID"),
-        "parent_code": r.optional_text("PARENT_CODE"),
-        "other_ref": r.text("OTHER_REF"),
-        "description": r.text("STOCK_DESC"),
+        "other_ref": r.text("ASSOCIATED_REF") or r.text("OTHER_REF"),
+        "description": r.text("STOCK_DESC") or r.text("DESCRIPTION"),
         "long_description": r.text("LONG_DESC"),
         "web_teaser": r.text("WEB_TEASER"),
         "sell_price": r.decimal("SELL_PRICE"),
+        "sell_price_web": r.decimal("SELL_PRICE_WEB"),
+        "sell_price_is_net": r.bool("SELL_PRICE_NET"),
         "vat_rate": r.decimal("VAT_RATE"),
         "deleted": r.bool("DELETED"),
-        "stock_type": r.int("STOCK_TYPE"),
+        "web": r.bool("WEB"),
+        "discontinued": r.bool("DISCONTINUED"),
+        "stock_top_type": r.text("STOCK_TTYPE"),
+        "stock_type": r.text("STOCK_TYPE"),
+        "stock_type_id": r.text("STOCK_TYPE_ID"),
+        "stock_mid_type": r.text("STOCK_MID_TYPE"),
+        "stock_sub_type": r.text("STOCK_SUB_TYPE"),
         "manufacturer": r.text("MANUFACTURER"),
         "last_updated": r.datetime("LAST_UPDATED"),
         "barcodes": r.texts("BARCODES", "BARCODE"),
         "user_defined": r.named("USER_DEFINED"),
+        "options": r.named("OPTION"),
         "images": r.texts("STOCK_IMAGES", "STOCK_IMAGE", "FILE_NAME"),
-        "scs": scs_fields,
+    })
+
+
+# What a child takes from its parent when its own tag is blank: the vendor's note says the
+# IS_NET flags "are not included for SCS children as the value from the parent should be
+# inherited"; the rest is what a product page needs and a child seldom repeats.
+_INHERITED = ("sell_price_is_net", "vat_rate", "stock_top_type", "stock_type", "stock_type_id", "stock_mid_type",
+              "stock_sub_type", "manufacturer", "web_teaser", "long_description", "description")
+_SCS_NAMES = {"style": "style", "colour": "colour", "color": "colour", "size": "size"}
+
+
+def _stock_item(elem: ET.Element) -> list[tuple[_Outcome, bytes | None]]:
+    """A ``STOCK_ITEM``, and when it carries an ``SCS`` tree, each ``SCS_ITEM`` in it as a
+    variant of its own, linked both ways (child ``parent_id``/``parent_code``, parent
+    ``variant_codes``). ``None`` as raw means the element's own bytes."""
+    out = _Outcome()
+    r = _Reader(elem, "", out.errors)
+    key = _read_key(r, "STOCK_ID", "STOCK_CODE", out)
+    if key is None:
+        return [(out, None)]
+    parent = {"stock_id": key, **_stock_fields(r), "parent_id": r.int("PARENT_ID"),
+              "parent_code": r.optional_text("PARENT_CODE")}
+    out.fields = _drop_none(parent)
+    scs = r.child("SCS")
+    if scs is None:
+        return [(out, None)]
+    headings: dict[int, str] = {}
+    for element in scs.elem:
+        if _local(element.tag) == "HEADING" and (level := (element.get("LEVEL") or "").strip()).isdigit():
+            headings[int(level)] = (element.text or "").strip()
+    children: list[tuple[_Outcome, bytes | None]] = []
+    for item, path in _scs_items(scs.elem, []):
+        child = _Outcome()
+        cr = _Reader(item, "", child.errors)
+        child_key = _read_key(cr, "STOCK_ID", "STOCK_CODE", child)
+        if child_key is not None:
+            fields = {"stock_id": child_key, **_stock_fields(cr), "parent_id": key,
+                      "parent_code": out.fields.get("stock_code")}
+            for name in _INHERITED:
+                if fields.get(name) in (None, "") and out.fields.get(name) not in (None, ""):
+                    fields[name] = out.fields[name]
+            levels = {headings.get(n, f"Level {n}"): text for n, text in enumerate(path, 1) if text}
+            named = {_SCS_NAMES[h.casefold()]: v for h, v in levels.items() if h.casefold() in _SCS_NAMES}
+            fields["scs"] = {**named, "levels": levels}
+            child.fields = _drop_none(fields)
+        children.append((child, _raw(item)))
+    out.fields["variant_codes"] = [c.fields["stock_code"] for c, _ in children
+                                   if c.fields and c.fields.get("stock_code")]
+    return [(out, None), *children]
+
+
+def _scs_items(holder: ET.Element, path: list[str]) -> Iterator[tuple[ET.Element, list[str]]]:
+    """Every ``SCS_ITEM`` under nested ``STYLE``s, with the ``DESCRIPTION`` of each style on
+    the way down (level 1 first); up to four levels, as the vendor's template allows."""
+    for element in holder:
+        tag = _local(element.tag)
+        if tag == "SCS_ITEM" and not _is_empty(element):
+            yield element, path
+        elif tag == "STYLE":
+            description = (element.findtext("DESCRIPTION") or "").strip()
+            yield from _scs_items(element, [*path, description])
+
+
+def _stock_status(elem: ET.Element, site: str = "") -> _Outcome:
+    """``STOCK_STATUS/STOCK_ITEM CODE= ID= DESC= OTHER_REF=`` with LEVEL, STATUS, prices."""
+    out = _Outcome()
+    r = _Reader(elem, "", out.errors)
+    code = r.attr("CODE")
+    if not code:
+        ref = r.attr("ID")
+        out.errors.append("STOCK_ITEM@CODE: missing" + (f" (ID {show(ref)})" if ref else ""))
+        return out
+    out.key = code
+    out.fields = _drop_none({
+        "stock_code": code, "stock_ref": r.attr("ID"), "site": site, "description": r.attr("DESC"),
+        "other_ref": r.attr("OTHER_REF"), "sell_price": r.decimal("SELL_PRICE"), "level": r.decimal("LEVEL"),
+        "status": r.int("STATUS"), "lead_time": r.date("LEAD_TIME"),
     })
     return out
 
@@ -573,6 +723,7 @@ def _sales_order(elem: ET.Element) -> _Outcome:
         "delivery_gross": header.decimal("DELIVERY_GRS"),
         "courier_code": header.text("COURIER_CODE"),
         "keycode_code": header.text("KEYCODE_CODE"),
+        "order_type": header.int("ORDER_TYPE"),  # (assumed) the status document's 1 / 2, if the export has it
         "cancelled": header.bool("CANCELLED"),
         "lines": [
             _drop_none({
@@ -590,19 +741,64 @@ def _sales_order(elem: ET.Element) -> _Outcome:
     return out
 
 
+ISSUED_STAGES = frozenset({70, 71, 72, 73})  # "Both stages indicate that the Invoice has been issued"
+SHIPPING_STAGES = frozenset({12, 13, 14, 15, 16, 20})  # picking to awaiting issue
+
+
+def derived_status(complete: bool | None, cancelled: bool, invoices: list[dict[str, Any]]) -> str:
+    """The order's state in KCC's channel words, from what ExportOrderStatusEx says."""
+    if cancelled:
+        return "Cancelled"
+    if complete:
+        return "Complete"
+    if any(i.get("issue_date") or i.get("stage_id") in ISSUED_STAGES for i in invoices):
+        return "PartialShip"
+    if any(i.get("stage_id") in SHIPPING_STAGES for i in invoices):
+        return "Shipping"
+    return "Received"
+
+
 def _order_status(elem: ET.Element) -> _Outcome:
+    """``STATUS_LIST/ORDER_STATUS SORDER_CODE= ASSOCIATED_REF=`` (the vendor's status document)."""
     out = _Outcome()
     r = _Reader(elem, "", out.errors)
-    key = _read_key(r, "SORDER_ID", "SORDER_CODE", out)
-    if key is None:
+    code = r.attr("SORDER_CODE")
+    if not code:
+        ref = r.attr("ASSOCIATED_REF")
+        out.errors.append("ORDER_STATUS@SORDER_CODE: missing" + (f" (ASSOCIATED_REF {show(ref)})" if ref else ""))
         return out
+    out.key = code
+    type_text = r.child_attr("ORDER_TYPE", "TYPE_ID")
+    order_type = r._convert("ORDER_TYPE", convert.kc_int, "an integer", type_text, "ORDER_TYPE@TYPE_ID")
+    cancelled = r.child("CANCELLED")
+    invoices = [_invoice_fields(i) for i in r.each("INVOICES", "INVOICE")]
+    complete = r.bool("COMPLETE")
     out.fields = _drop_none({
-        "sorder_id": key,
-        "sorder_code": r.text("SORDER_CODE"),
-        "associated_ref": r.text("ASSOCIATED_REF"),
-        # KCC's channel documents both names for the same thing: accept both.
-        "status": r.text("ORDER_STATUS") or r.text("STATUS"),
-        "invoices": [_invoice_fields(i) for i in r.each("INVOICES", "INVOICE")],
+        "sorder_code": code,
+        "associated_ref": r.attr("ASSOCIATED_REF"),
+        "company_code": r.child_attr("COMPANY_NAME", "COMPANY_CODE"),
+        "company_other_ref": r.child_attr("COMPANY_NAME", "OTHER_REF"),
+        "company_name": r.text("COMPANY_NAME"),
+        "order_type": order_type,
+        "courier": r.text("COURIER"),
+        "currency": r.text("CURRENCY_CODE"),
+        "date_created": r.uk_date("DATE_CREATED"),
+        "delivery_date": r.uk_date("DELIVERY_DATE"),
+        "items_total": r.decimal("ITEMS_TOTAL"),
+        "items_net": r._convert("ITEMS_TOTAL", convert.kc_decimal, "a decimal",
+                                r.child_attr("ITEMS_TOTAL", "NET_VALUE"), "ITEMS_TOTAL@NET_VALUE"),
+        "delivery_total": r.decimal("DELIVERY_TOTAL"),
+        "delivery_net": r._convert("DELIVERY_TOTAL", convert.kc_decimal, "a decimal",
+                                   r.child_attr("DELIVERY_TOTAL", "NET_VALUE"), "DELIVERY_TOTAL@NET_VALUE"),
+        "complete": complete,
+        "qty_sold": r.decimal("QTY_SOLD"),
+        "qty_assigned": r.decimal("QTY_ASSIGNED"),
+        "cancellation": None if cancelled is None else _drop_none({
+            "when": cancelled.uk_datetime("CANCELLED_DATE_TIME"), "reason": cancelled.text("REASON"),
+            "user_name": cancelled.text("USER_NAME"),
+        }),
+        "status": derived_status(complete if complete is not INVALID else None, cancelled is not None, invoices),
+        "invoices": invoices,
     })
     return out
 
@@ -687,9 +883,12 @@ def _invoice_problems(record: ErpRecord, invoices: list) -> list[RecordError]:
             if item.qty < 0:
                 found.append(problem(
                     record.ENTITY, record.key,
-                    f"invoices[invoice_id={invoice.invoice_id}] item sorder_item_id {item.sorder_item_id}: "
-                    f"qty negative: {item.qty}",
+                    f"invoices[{invoice.label}] item sorder_item_id {item.sorder_item_id}: qty negative: {item.qty}",
                 ))
+        for name in ("qty_sold", "qty_sent"):
+            value = getattr(invoice, name)
+            if value is not None and value < 0:
+                found.append(problem(record.ENTITY, record.key, f"invoices[{invoice.label}].{name}: negative: {value}"))
     return found
 
 
@@ -700,7 +899,19 @@ def order_status_problems(status: OrderStatus) -> list[RecordError]:
             status.ENTITY, status.key,
             f"status: {show(status.status)} is not one of {', '.join(sorted(ORDER_STATUSES))}",
         ))
+    if status.currency and not is_currency(status.currency):
+        found.append(problem(status.ENTITY, status.key,
+                             f"currency: unknown currency {show(status.currency)} (not ISO 4217)"))
+    if status.order_type not in (1, 2):
+        found.append(problem(status.ENTITY, status.key,
+                             f"order_type: {status.order_type} is neither 1 (sales order) nor 2 (credit note)"))
     return found + _invoice_problems(status, status.invoices)
+
+
+def stock_status_problems(status: StockStatus) -> list[RecordError]:
+    if status.status is not None and not 0 <= status.status <= 5:
+        return [problem(status.ENTITY, status.key, f"STATUS: {status.status} is not one of KC's 0-5")]
+    return []
 
 
 # -- documents -----------------------------------------------------------------------
@@ -725,31 +936,32 @@ class _Kind:
     root: str
     record: str
     model: type[ErpRecord]
-    build: Callable[[ET.Element], _Outcome]
+    # One record element -> its records: (outcome, raw or None for the element's own bytes).
+    # Most elements are one record; a stock item with an SCS tree is its parent and each child.
+    build: Callable[[ET.Element], Any]
     rules: Callable[[Any], list[RecordError]]
 
 
 class _Duplicates:
     """First occurrence of each key wins; later ones are compared with it.
 
-    Holds each first occurrence's raw element (memory bounded by the document, which the
-    caller holds anyway) so the rare duplicate can be re-read and compared field by field;
-    the common path only stores bytes.
+    Holds each first occurrence's raw bytes and hash (memory bounded by the document, which
+    the caller holds anyway); the rare duplicate is compared field by field.
     """
 
     def __init__(self, kind: _Kind):
         self.kind = kind
-        self.first: dict[str, bytes] = {}
+        self.first: dict[str, tuple[bytes, BaseModel | None]] = {}
 
     def check(self, parsed: Parsed) -> Parsed:
         if parsed.key is None:
             return parsed
-        first_raw = self.first.get(parsed.key)
-        if first_raw is None:
-            self.first[parsed.key] = parsed.raw
+        seen = self.first.get(parsed.key)
+        if seen is None:
+            self.first[parsed.key] = (parsed.raw, parsed.record)
             return parsed
         entity, key = self.kind.entity, parsed.key
-        first = _parse_record(self.kind, ET.fromstring(first_raw)).record
+        first_raw, first = seen
         if first_raw == parsed.raw or (
             first is not None and parsed.record is not None and content_hash(first) == content_hash(parsed.record)
         ):
@@ -777,13 +989,15 @@ class _Duplicates:
         return "differs in " + ", ".join(shown)
 
 
-def _parse_record(kind: _Kind, elem: ET.Element) -> Parsed:
+def _parse_element(kind: _Kind, elem: ET.Element) -> list[Parsed]:
     raw = _raw(elem)
     if _local(elem.tag) != kind.record:
         reason = f"unexpected <{_local(elem.tag)}> in <{kind.root}>, expected <{kind.record}>"
-        return Parsed(kind.entity, None, raw, None, [problem(kind.entity, None, reason)])
-    outcome = kind.build(elem)
-    return build_record(kind.model, outcome.key, raw, outcome.fields, outcome.errors, kind.rules)
+        return [Parsed(kind.entity, None, raw, None, [problem(kind.entity, None, reason)])]
+    built = kind.build(elem)
+    pairs = built if isinstance(built, list) else [(built, None)]
+    return [build_record(kind.model, outcome.key, own if own is not None else raw, outcome.fields, outcome.errors,
+                         kind.rules) for outcome, own in pairs]
 
 
 def build_record(model: type[ErpRecord], key: str | None, raw: bytes, fields: dict[str, Any] | None,
@@ -816,13 +1030,16 @@ def _parse_document(doc: bytes, kind: _Kind) -> Iterator[Parsed]:
 def _parsed_records(doc: bytes, kind: _Kind) -> Iterator[Parsed]:
     duplicates = _Duplicates(kind)
     for elem in _record_elements(doc, kind.root):
-        yield duplicates.check(_parse_record(kind, elem))
+        if _is_empty(elem):
+            continue  # a placeholder such as <ORDER_STATUS /> holds nothing to keep
+        for parsed in _parse_element(kind, elem):
+            yield duplicates.check(parsed)
 
 
 _COMPANY = _Kind("company", "COMPANYS", "COMPANY", Company, _company, company_problems)
 _STOCK_ITEM = _Kind("stock_item", "STOCK_ITEMS", "STOCK_ITEM", StockItem, _stock_item, stock_item_problems)
 _SALES_ORDER = _Kind("sales_order", "SALES_ORDERS", "SALES_ORDER", SalesOrder, _sales_order, sales_order_problems)
-_ORDER_STATUS = _Kind("order_status", "ORDER_STATUSES", "ORDER_STATUS", OrderStatus, _order_status,
+_ORDER_STATUS = _Kind("order_status", "STATUS_LIST", "ORDER_STATUS", OrderStatus, _order_status,
                       order_status_problems)
 
 
@@ -846,8 +1063,34 @@ def parse_sales_orders(doc: bytes) -> Iterator[Parsed]:
 
 
 def parse_order_statuses(doc: bytes) -> Iterator[Parsed]:
-    """``<ORDER_STATUSES>`` (ExportOrderStatusEx) -> one ``Parsed`` per ``<ORDER_STATUS>``."""
+    """``<STATUS_LIST>`` (ExportOrderStatusEx) -> one ``Parsed`` per ``<ORDER_STATUS>``, keyed
+    on its ``SORDER_CODE``."""
     return _parse_document(doc, _ORDER_STATUS)
+
+
+class _RootAttributes:
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        raise _RootFound(dict(attrib))  # type: ignore[arg-type]
+
+
+def _root_attributes(doc: bytes) -> dict[str, str]:
+    try:
+        _defused_parser(_RootAttributes()).feed(doc)
+    except _RootFound as found:
+        return found.tag  # type: ignore[return-value]
+    except _DOCUMENT_FAILURES:  # pragma: no cover - check_document has seen it
+        pass
+    return {}
+
+
+def parse_stock_statuses(doc: bytes) -> Iterator[Parsed]:
+    """``<STOCK_STATUS SITE=...>`` (ExportStockStatus) -> one ``Parsed`` per ``<STOCK_ITEM>``,
+    record a ``StockStatus`` keyed on its ``CODE``."""
+    check_document(doc, "STOCK_STATUS")
+    site = (_root_attributes(doc).get("SITE") or "").strip()
+    kind = _Kind("stock_status", "STOCK_STATUS", "STOCK_ITEM", StockStatus, lambda e: _stock_status(e, site),
+                 stock_status_problems)
+    return _parsed_records(doc, kind)
 
 
 def _small_document(doc: bytes, root_tag: str) -> ET.Element:
@@ -893,5 +1136,6 @@ __all__ = [
     "company_problems",
     "expected_order_amount", "is_currency", "is_email", "minor_units", "order_status_problems",
     "parse_companies", "parse_company_list", "parse_order_statuses", "parse_sales_orders", "parse_stock_items",
+    "parse_stock_statuses", "stock_status_problems", "derived_status",
     "parse_stock_list", "problem", "sales_order_problems", "show", "stock_item_problems", "validation_reasons",
 ]

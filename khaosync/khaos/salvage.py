@@ -12,7 +12,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-KEY_ELEMENT = {"COMPANY": "COMPANY_ID", "STOCK_ITEM": "STOCK_ID", "SALES_ORDER": "SORDER_ID", "ORDER_STATUS": "SORDER_ID"}
+# How each record names its key, by (record element, root element): an element holding the
+# stable numeric id, or (the status documents) an attribute holding a code.
+_KEYS: dict[tuple[str, str], bytes] = {
+    ("COMPANY", "COMPANYS"): rb"<COMPANY_ID>\s*(\d+)\s*</",
+    ("STOCK_ITEM", "STOCK_ITEMS"): rb"<STOCK_ID>\s*(\d+)\s*</",
+    ("SALES_ORDER", "SALES_ORDERS"): rb"<SORDER_ID>\s*(\d+)\s*</",
+    ("ORDER_STATUS", "STATUS_LIST"): rb"^<ORDER_STATUS\b[^>]*?\sSORDER_CODE\s*=\s*[\"']([^\"'<>&]+)[\"']",
+    ("STOCK_ITEM", "STOCK_STATUS"): rb"^<STOCK_ITEM\b[^>]*?\sCODE\s*=\s*[\"']([^\"'<>&]+)[\"']",
+}
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,7 @@ def cut(document: bytes, record_tag: str, root_tag: str) -> list[Piece]:
     """Split ``document`` into one piece per ``<record_tag>`` occurrence."""
     opening = re.compile(rb"<" + record_tag.encode() + rb"(?=[\s>/])")
     root_close = b"</" + root_tag.encode() + b">"
-    key_re = re.compile(rb"<" + KEY_ELEMENT[record_tag].encode() + rb">\s*(\d+)\s*</")
+    key_re = re.compile(_KEYS[(record_tag, root_tag)])
     starts = [m.start() for m in opening.finditer(document)]
     pieces = []
     for i, start in enumerate(starts):
@@ -34,7 +42,7 @@ def cut(document: bytes, record_tag: str, root_tag: str) -> list[Piece]:
         if i + 1 == len(starts) and raw.endswith(root_close):
             raw = raw[: -len(root_close)].rstrip()  # the root's closing tag is not part of the record
         match = key_re.search(raw)
-        pieces.append(Piece(raw=raw, key=match.group(1).decode() if match else None))
+        pieces.append(Piece(raw=raw, key=match.group(1).decode("utf-8", "replace").strip() if match else None))
     return pieces
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import io
 import logging
 import random
@@ -55,7 +56,7 @@ MAX_UNZIPPED_BYTES = 256 * 2**20
 # ImportCompany's Method: the value the vendor's connector sends is not public (assumed).
 IMPORT_METHOD = "1"
 
-XsdType = Literal["string", "int", "dateTime"]
+XsdType = Literal["string", "int", "dateTime", "boolean"]
 _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _INTEGER = re.compile(r"-?[0-9]+\Z")
 _DECLARATION = re.compile(r"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([^"']+)["'][^>]*\?>""")
@@ -99,14 +100,14 @@ _STOCK_PARAMS: tuple[tuple[str, XsdType], ...] = (("StockCode", "string"), ("Map
 EXPECTED_OPERATIONS: dict[str, Operation] = {op.name: op for op in (
     _op("GetSiteList"),
     _op("GetCompanyList", ("LastUpdated", "dateTime")),
-    _op("ExportCompany", ("CompanyCode", "string"), ("MappingType", "int")),
+    _op("ExportCompany", ("CompanyCode", "string"), ("MappingType", "int"), ("LastUpdated", "dateTime")),
     _op("ImportCompany", ("Customers", "string"), ("Method", "int")),
-    _op("GetStockList", ("DateType", "int"), ("DateValue", "dateTime"), ("StockItemType", "int")),
+    _op("GetStockList", ("LastUpdated", "dateTime")),
     _op("ExportStock", *_STOCK_PARAMS, called_when="uncompressed_stock"),
     _op("ExportStockCompressed", *_STOCK_PARAMS, ("CompressionMethod", "int"), called_when="compressed_stock"),
-    _op("ExportOrders", ("DateFrom", "dateTime"), ("DateTo", "dateTime"), ("DateType", "int")),
-    _op("ExportOrderStatusEx", ("IDs", "string"), ("MappingType", "int"), ("IncludeTracking", "int"),
-        ("IncludeCancelled", "int"), ("InvoiceStageIDs", "string")),
+    _op("ExportStockStatus", *_STOCK_PARAMS),
+    _op("ExportOrders", ("OrderCode", "string"), ("MappingType", "int")),
+    _op("ExportOrderStatusEx", ("IDs", "string"), ("MappingType", "int"), ("WebOnly", "boolean")),
 )}
 
 CREDENTIAL_PARAMS: tuple[Param, ...] = (Param("Username", "string"), Param("Password", "string"))
@@ -193,6 +194,9 @@ class KhaosClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._credentials = self._resolve_credentials(settings)
+        # The site's clock at its last answer (HTTP Date), for bookmarks: "changed since" is
+        # asked in the site's time, so a server clock that differs from ours loses nothing.
+        self.last_server_time: datetime | None = None
         for ours, theirs in settings.methods.items():
             if not _XML_NAME.match(theirs):
                 raise ConfigError(f"khaos.methods.{ours}: {theirs!r} is not a valid SOAP method name")
@@ -220,7 +224,12 @@ class KhaosClient:
 
     # -- the one SOAP call ---------------------------------------------------------------
     def call(self, method: str, params: Mapping[str, str]) -> str:
-        """Call ``method`` (our name) and return the text of ``<return>``.
+        """Call ``method`` (our name) and return the text of ``<return>``."""
+        return self.call_element(method, params).text or ""
+
+    def call_element(self, method: str, params: Mapping[str, str]) -> Element:
+        """Call ``method`` (our name) and return the ``<return>`` element (a structure's fields
+        are its children).
 
         For the methods in ``EXPECTED_OPERATIONS`` the parameters must be exactly the
         table's, and are sent in its order. Raises a ``KhaosError`` subclass.
@@ -256,7 +265,7 @@ class KhaosClient:
         username, password = self._credentials
         return [("Username", username), ("Password", password)]
 
-    def _post_once(self, method: str, body: bytes, headers: dict[str, str]) -> str:
+    def _post_once(self, method: str, body: bytes, headers: dict[str, str]) -> Element:
         response = self._send(method, lambda: self._http.post(self.settings.soap_url, content=body, headers=headers))
         element = _body_element(response.content)
         fault = _fault(element) if element is not None else None
@@ -270,7 +279,13 @@ class KhaosClient:
         returned = next((child for child in element if _local(child.tag) == "return"), None)
         if returned is None:
             raise KhaosBadResponseError(f"Khaos Control {method}: the answer has no <return>", method=method)
-        return returned.text or ""
+        date = response.headers.get("date")
+        if date:
+            try:
+                self.last_server_time = email.utils.parsedate_to_datetime(date)
+            except (TypeError, ValueError):
+                pass
+        return returned
 
     def _send(self, method: str, send: Callable[[], httpx.Response]) -> httpx.Response:
         started = time.monotonic()
@@ -316,16 +331,9 @@ class KhaosClient:
         return text
 
     # -- typed methods -----------------------------------------------------------------
-    def get_site_list(self) -> list[tuple[int, str]]:
-        root = self._document("GetSiteList", self.call("GetSiteList", {}), "SITES")
-        sites: list[tuple[int, str]] = []
-        for site in root.findall("SITE"):
-            site_id = (site.findtext("SITE_ID") or "").strip()
-            if not _INTEGER.match(site_id):
-                raise KhaosBadResponseError(f"Khaos Control GetSiteList: SITE_ID {site_id!r} is not a number",
-                                            method="GetSiteList")
-            sites.append((int(site_id), (site.findtext("SITE_NAME") or "").strip()))
-        return sites
+    def get_site_list(self) -> list[tuple[str, str]]:
+        root = self.call_element("GetSiteList", {})
+        return [(_field(site, "SiteID"), _field(site, "SiteName")) for site in _array(root, "List")]
 
     def get_company_list(self, since: datetime) -> list[str]:
         """URNs of companies changed after ``since`` (an aware datetime).
@@ -333,64 +341,55 @@ class KhaosClient:
         Blank URNs are kept (as ``""``): such a company cannot be exported by URN, and the
         caller must say so rather than lose it silently.
         """
-        text = self.call("GetCompanyList", {"LastUpdated": utc_to_kc_datetime(since)})
-        root = self._document("GetCompanyList", text, "COMPANY_LIST")
-        return [(e.text or "").strip() for e in root.findall("COMPANY_CODE")]
+        root = self.call_element("GetCompanyList", {"LastUpdated": utc_to_kc_datetime(since)})
+        return [_field(item, "CompanyCode") for item in _array(root, "List")]
 
     def export_company(self, codes: list[str]) -> bytes:
         """The ``<COMPANYS>`` document for these URNs. Callers batch by ``khaos.company_batch``."""
-        text = self.call("ExportCompany", {"CompanyCode": to_kc_list(codes), "MappingType": "1"})
+        text = self.call("ExportCompany", {"CompanyCode": to_kc_list(codes), "MappingType": "1", "LastUpdated": NO_DATE})
         return _utf8_document(text)
 
     def get_stock_list(self, since: datetime) -> list[tuple[str, str | None]]:
         """(stock code, parent code or None) for items changed after ``since``."""
-        text = self.call("GetStockList", {"DateType": "-1", "DateValue": utc_to_kc_datetime(since), "StockItemType": "0"})
-        root = self._document("GetStockList", text, "STOCK_LIST")
-        items = [
-            ((item.findtext("STOCK_CODE") or "").strip(), (item.findtext("PARENT_CODE") or "").strip() or None)
-            for item in root.findall("ITEM")
-        ]
-        count = root.get("COUNT")
-        if count is not None and count.strip() != str(len(items)):
+        root = self.call_element("GetStockList", {"LastUpdated": utc_to_kc_datetime(since)})
+        items = [(_field(i, "StockCode"), _field(i, "ParentCode") or None) for i in _array(root, "List")]
+        count = _field(root, "Count")
+        if count and count != str(len(items)):
             # A short list would silently skip products; better to stop and say so.
             raise KhaosBadResponseError(
-                f"Khaos Control GetStockList: COUNT says {count} but {len(items)} items came", method="GetStockList"
+                f"Khaos Control GetStockList: Count says {count} but {len(items)} items came", method="GetStockList"
             )
         return [(code, parent) for code, parent in items if code]
 
-    def export_stock(self, codes: list[str]) -> bytes:
+    def export_stock(self, codes: list[str], mapping_type: int = 1) -> bytes:
         """The ``<STOCK_ITEMS>`` document for these codes. Callers batch by ``khaos.stock_batch``."""
-        params = {"StockCode": to_kc_list(codes), "MappingType": "1", "LastUpdated": NO_DATE}
+        params = {"StockCode": to_kc_list(codes), "MappingType": str(mapping_type), "LastUpdated": NO_DATE}
         if not self.settings.compressed_stock:
             return _utf8_document(self.call("ExportStock", params))
-        text = self.call("ExportStockCompressed", {**params, "CompressionMethod": "0"})
-        return _first_zip_entry("ExportStockCompressed", text)
+        root = self.call_element("ExportStockCompressed", {**params, "CompressionMethod": "0"})
+        return _first_zip_entry("ExportStockCompressed", _field(root, "Data"))
 
-    def export_orders(self, date_from: datetime, date_to: datetime,
-                      by: Literal["order_date", "updated"] = "updated") -> bytes:
-        """The ``<SALES_ORDERS>`` document for orders whose date falls in ``[date_from, date_to)``."""
-        date_type = {"order_date": "0", "updated": "1"}[by]
-        text = self.call("ExportOrders", {
-            "DateFrom": utc_to_kc_datetime(date_from), "DateTo": utc_to_kc_datetime(date_to), "DateType": date_type,
-        })
+    def export_stock_status(self, codes: list[str]) -> bytes:
+        """The ``<STOCK_STATUS>`` document for these codes."""
+        text = self.call("ExportStockStatus", {"StockCode": to_kc_list(codes), "MappingType": "1",
+                                               "LastUpdated": NO_DATE})
         return _utf8_document(text)
 
-    def export_order_status(self, ids: list[str], mapping_type: int = 5, include_tracking: bool = True) -> bytes:
-        """The ``<ORDER_STATUSES>`` document; ``mapping_type`` 3 SOrderCode, 4 AssociatedRef, 5 SOrderID.
+    def export_orders(self, order_code: str, mapping_type: int = 1) -> bytes:
+        """The ``<SALES_ORDERS>`` document for one order, by code."""
+        return _utf8_document(self.call("ExportOrders", {"OrderCode": order_code, "MappingType": str(mapping_type)}))
 
-        Cancelled orders are always asked for: a cancellation is a status khaosync must see.
-        """
+    def export_order_status(self, ids: list[str], mapping_type: int = 3, web_only: bool = False) -> bytes:
+        """The ``<STATUS_LIST>`` document; ``mapping_type`` 3 SOrderCode, 4 AssociatedRef."""
         text = self.call("ExportOrderStatusEx", {
-            "IDs": to_kc_list(ids), "MappingType": str(mapping_type), "IncludeTracking": to_kc_bool(include_tracking),
-            "IncludeCancelled": to_kc_bool(True), "InvoiceStageIDs": "",
+            "IDs": to_kc_list(ids), "MappingType": str(mapping_type), "WebOnly": "true" if web_only else "false",
         })
         return _utf8_document(text)
 
-    def import_company(self, companies_xml: str, *, method: str = IMPORT_METHOD) -> list[str]:
-        """Send a ``<COMPANYS>`` document (consent write-back); returns the URNs KC accepted."""
-        text = self.call("ImportCompany", {"Customers": companies_xml, "Method": method})
-        root = self._document("ImportCompany", text, "IMPORT_RESULT")
-        return [urn for e in root.findall("COMPANY/URN") if (urn := (e.text or "").strip())]
+    def import_company(self, companies_xml: str, method: int = 0) -> list[tuple[str, str]]:
+        """Send a ``<COMPANYS>`` document (consent write-back); (URN, WebUser) KC imported."""
+        root = self.call_element("ImportCompany", {"Customers": companies_xml, "Method": str(method)})
+        return [(urn, _field(e, "WebUser")) for e in _array(root, "CustomerImport") if (urn := _field(e, "URN"))]
 
     def fetch_wsdl(self) -> bytes:
         """The site's WSDL, for ``discover``."""
@@ -415,6 +414,17 @@ class KhaosClient:
             raise KhaosBadResponseError(f"Khaos Control {method}: expected <{root_tag}>, got <{root.tag}>",
                                         method=method)
         return root
+
+
+def _array(structure: Element, name: str) -> list[Element]:
+    """The items of a structure's array field (SOAP-ENC arrays hold one element per item)."""
+    holder = next((child for child in structure if _local(child.tag) == name), None)
+    return [] if holder is None else list(holder)
+
+
+def _field(structure: Element, name: str) -> str:
+    child = next((c for c in structure if _local(c.tag) == name), None)
+    return "" if child is None else (child.text or "").strip()
 
 
 def _utf8_document(text: str) -> bytes:

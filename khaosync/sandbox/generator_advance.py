@@ -8,7 +8,7 @@ The clock moves ``days`` days on. In the new days, as in the generated range:
   issued within a couple of days, back-orders when their stock arrives (most within weeks);
 - credit notes are raised against recently despatched orders (at least one full and one
   partial refund when there is an order to take them);
-- a few customers tell the merchant "do not mail" (``mailing_status`` 5);
+- a few customers tell the merchant "do not mail" (``mailing_status`` 6, "do not use");
 - a few contacts KC still has opted in unsubscribe in Ometria;
 - now and then a SKU is re-coded (``renamed_stock_code``).
 
@@ -33,7 +33,7 @@ from khaosync.sandbox.generator_manifest import excluded_orders, malformed_compa
 from khaosync.sandbox.generator_orders import (
     COURIERS, STAGES, CreditQueue, OrderFactory, line_from_item, plan_credit, tracking_number,
 )
-from khaosync.sandbox.generator_people import FIRST_COMPANY_ID, CompanyFactory, Customer, CustomerPool
+from khaosync.sandbox.generator_people import DO_NOT_MAIL, FIRST_COMPANY_ID, CompanyFactory, Customer, CustomerPool
 from khaosync.sandbox.generator_planting import CHUNK, EXISTING_CUSTOMER_SHARE, IndexPicker
 from khaosync.sandbox.world import ENTITIES, World
 
@@ -232,10 +232,10 @@ class _Advance:
     def _consent_changes(self) -> None:
         unsubscribed = {entry["company_id"] for entry in self.planted["ometria_unsubscribed"]}
         count = max(1, round(self.params["customers"] * 0.0003 * self.days))
-        for doc in self._random_companies(count, lambda d: d["mailing_status"] != 5
+        for doc in self._random_companies(count, lambda d: d["mailing_status"] != DO_NOT_MAIL
                                           and d["company_id"] not in unsubscribed):
             when = kc(working_hours(between(self.rng, self.window_start, self.clock)))
-            doc["mailing_status"] = 5
+            doc["mailing_status"] = DO_NOT_MAIL
             for contact in doc["contacts"]:
                 contact["email_subscribe"] = False
                 contact["mailing_flag"] = False

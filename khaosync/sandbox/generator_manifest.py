@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from khaosync.sandbox.generator_catalogue import style_parent_ids
+from khaosync.sandbox.generator_people import OPT_OUT_STATUSES
 from khaosync.sandbox.world import World, dumps
 
 CSV_COLUMNS = ("CREDIT_ID", "CREDIT_CODE", "SORDER_ID", "SORDER_CODE", "ASSOCIATED_REF", "ISSUED", "CURRENCY",
@@ -163,7 +164,7 @@ def _scan_companies(world: World, planted: dict, counts: dict, derived: dict) ->
         addresses += len(company["addresses"])
         if company["company_id"] in malformed:
             continue
-        if company["mailing_status"] == 5:
+        if company["mailing_status"] in OPT_OUT_STATUSES:
             derived["consent_opted_out"].append(company["company_id"])
         elif company["mailing_status"] is None:
             derived["consent_blank"].append(company["company_id"])

@@ -5,8 +5,9 @@ Most companies are one retail customer with one contact; some have two or three 
 customers are in Great Britain and pay in pounds; some are in Ireland, France or Germany
 (euros) or the United States (dollars).
 
-Consent is held the KC way: ``mailing_status`` on the company (1, 2, 3 mean "you may mail",
-5 "do not mail", ``None`` no decision held) and ``email_subscribe`` per contact.
+Consent is held the KC way: ``mailing_status`` on the company (the vendor's default list: 1,
+2, 3 mean "you may mail", 6 "do not use", 7 gone away, 8 deceased, ``None`` no decision held)
+and ``email_subscribe`` per contact.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ _ABROAD = {
     "US": ("USD", (("New York", "NY", "100"), ("Boston", "MA", "021"), ("Portland", "OR", "972")),
            ("Main Street", "Elm Street", "Oak Avenue"), True),
 }
+# The vendor's default MAILING_STATUS list (KSDXMLCustomer.xml): 1-3 our use (with or without
+# third parties), 4-5 catalogues/order correspondence only, 6 do not use, 7 gone away, 8 deceased.
+DO_NOT_MAIL = 6
+OPT_OUT_STATUSES = frozenset({4, 5, 6, 7, 8})
+
 _COUNTRIES = (("GB", 0.88), ("IE", 0.05), ("FR", 0.03), ("DE", 0.02), ("US", 0.02))
 _POSTCODE_LETTERS = "ABDEFGHJLNPQRSTUWXYZ"
 _UNSUBSCRIBE_REASONS = ("Unsubscribed via email footer link", "Unsubscribed via preference centre",
@@ -252,17 +258,18 @@ class CompanyFactory:
     # -- consent -----------------------------------------------------------------------
     def _mailing_status(self, role: str | None) -> int | None:
         if role == "opted_out":
-            return 5
+            return DO_NOT_MAIL
         if role == "blank":
             return None
         if role == "unsub":
             return 1
-        shares: tuple[tuple[int | None, float], ...] = ((1, 0.35), (2, 0.15), (3, 0.25), (5, 0.12), (None, 0.13))
+        shares: tuple[tuple[int | None, float], ...] = ((1, 0.35), (2, 0.15), (3, 0.25), (6, 0.10), (7, 0.01),
+                                                             (8, 0.01), (None, 0.13))
         return weighted(self.rng, shares)
 
     def _email_subscribe(self, mailing_status: int | None) -> bool | None:
         rng = self.rng
-        if mailing_status == 5:
+        if mailing_status in OPT_OUT_STATUSES:
             return False if rng.random() < 0.9 else None
         if mailing_status is None:
             return weighted(rng, ((None, 0.6), (True, 0.2), (False, 0.2)))

@@ -59,13 +59,44 @@ def _xml_text(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
 
 
-def response_envelope(method: str, returned: str) -> bytes:
+def _encode(value: object) -> str:
+    """A structure as nested accessor elements (interim: arrays as repeated ``item``)."""
+    if isinstance(value, dict):
+        return "".join(f"<{k}>{_encode(v)}</{k}>" for k, v in value.items())
+    if isinstance(value, list):
+        return "".join(f"<item>{_encode(v)}</item>" for v in value)
+    if isinstance(value, (bytes, bytearray)):
+        import base64
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return _xml_text(str(value))
+
+
+def response_envelope(method: str, returned: object) -> bytes:
+    if not isinstance(returned, str):
+        return (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            f'<soap:Envelope xmlns:soap="{SOAP_ENV}"><soap:Body>'
+            f'<ns:{method}Response xmlns:ns="{BODY_NAMESPACE}"><return>{_encode(returned)}</return>'
+            f"</ns:{method}Response></soap:Body></soap:Envelope>"
+        ).encode("utf-8")
     return (
         '<?xml version="1.0" encoding="utf-8"?>'
         f'<soap:Envelope xmlns:soap="{SOAP_ENV}"><soap:Body>'
         f'<ns:{method}Response xmlns:ns="{BODY_NAMESPACE}"><return>{_xml_text(returned)}</return>'
         f"</ns:{method}Response></soap:Body></soap:Envelope>"
     ).encode("utf-8")
+
+
+def server_date(clock: str | None) -> str:
+    """The HTTP ``Date`` of an answer: the site's own clock (the sandbox world's), which a
+    client uses as "now" on the site when it moves its bookmarks."""
+    from datetime import datetime, timezone
+    from email.utils import format_datetime
+
+    from khaosync.khaos.convert import KC_FORMAT, LONDON
+
+    now = datetime.strptime(clock, KC_FORMAT).replace(tzinfo=LONDON) if clock else datetime.now(timezone.utc)
+    return format_datetime(now.astimezone(timezone.utc), usegmt=True)
 
 
 def fault_envelope(code: str, message: str) -> bytes:
@@ -236,8 +267,9 @@ class KhaosEmulator:
             request = parse_soap_request(self._read_body(environ), environ.get("HTTP_SOAPACTION"), self.credentials)
             method = request.method
             with self._world(write=method == "ImportCompany") as world:
+                clock = world.clock
                 returned = self._handlers[method](world, request)
-            reply = Reply("200 OK", response_envelope(method, returned))
+            reply = Reply("200 OK", response_envelope(method, returned), extra_headers=[("Date", server_date(clock))])
         except SoapFault as fault:
             method = method or fault.method
             with self._lock:

@@ -86,67 +86,99 @@ class KhaosMethods:
                 out.append(element)
         return out
 
-    # -- handlers: each returns the text of <return> ------------------------------------
-    def _get_site_list(self, world: World, req: Request) -> str:
-        sites = world.get_meta("sites") or DEFAULT_SITES
-        pairs = [(s["site_id"], s["site_name"]) if isinstance(s, dict) else (s[0], s[1]) for s in sites]
-        return render.render_site_list(pairs)
+    # -- handlers: a str (a document), or a structure as plain Python ----------------------
+    def _get_site_list(self, world: World, req: Request) -> dict:
+        return {"List": [{"SiteID": site_id, "SiteName": name} for site_id, name in _sites(world)]}
 
-    def _get_company_list(self, world: World, req: Request) -> str:
+    def _get_company_list(self, world: World, req: Request) -> dict:
         since = req.when("LastUpdated")
         docs = world.iter("company", updated_since=_canonical(since))
         # The SQL filter compares canonical strings; check as datetimes too, as KC would.
-        codes = [d["company_code"] for d in docs if _after(d["updated"], since)]
-        return render.render_company_list(codes)
+        return {"List": [{"CompanyCode": d["company_code"]} for d in docs if _after(d["updated"], since)]}
 
     def _export_company(self, world: World, req: Request) -> str:
         if req.number("MappingType") != 1:
             raise client_fault("ExportCompany: MappingType must be 1 (URN)")
         docs = self._by_field(world, "company", "company_code", kc_list(req.text("CompanyCode")))
+        if req.has("LastUpdated"):
+            since = req.when("LastUpdated")
+            if since.year > 1899:  # 1899-12-31 is KC's "no date": everything asked for
+                docs = [d for d in docs if _after(d["updated"], since)]
         return render.document("COMPANYS", self._render_records(world, "company", docs, render.render_company))
 
-    def _import_company(self, world: World, req: Request) -> str:
-        req.number("Method")  # required and numeric; the sandbox has one import behaviour: update
+    def _import_company(self, world: World, req: Request) -> dict:
+        """KSDXMLCustomer.xml as an import: each COMPANY found by its COMPANY_CODE (URN);
+        COMPANY_CLASS must be there even for an update ("this value must still be populated")
+        but is not changed; an ADDRESS needs COUNTRY or COUNTRY_CODE; the consent fields are
+        applied (MAILING_STATUS, and per contact, found by CONTACT_ID inside its address,
+        EMAILSUBSCRIBE). A company the site does not hold is not created by the sandbox: it
+        is left out of the answer, which lists each URN imported with its WEB_USER."""
+        req.number("Method")
         root = _parse_customers(req.text("Customers") or "")
         clock = world.clock or datetime.now(LONDON).strftime(KC_FORMAT)
-        urns: list[str] = []
+        imported: dict[str, str] = {}
         for company in root.findall("COMPANY"):
             code = (company.findtext("COMPANY_CODE") or "").strip()
             if not code:
                 raise client_fault("ImportCompany: COMPANY without COMPANY_CODE")
+            if not (company.findtext("COMPANY_CLASS") or "").strip():
+                raise client_fault(f"ImportCompany {code}: COMPANY_CLASS is mandatory")
+            for address in company.findall("ADDRESSES/ADDRESS"):
+                if not ((address.findtext("COUNTRY") or "").strip() or (address.findtext("COUNTRY_CODE") or "").strip()):
+                    raise client_fault(f"ImportCompany {code}: an ADDRESS needs COUNTRY or COUNTRY_CODE")
             for doc in self._by_field(world, "company", "company_code", [code]):
-                _apply_consent(doc, company)
-                doc["updated"] = clock
-                world.put("company", doc)
-                urns.append(code)
-        return render.render_import_result(list(dict.fromkeys(urns)))
+                if _apply_consent(doc, company):
+                    doc["updated"] = clock
+                    world.put("company", doc)
+                imported[code] = doc["web_user"]
+        return {"CustomerImport": [{"URN": urn, "WebUser": web} for urn, web in imported.items()]}
 
-    def _get_stock_list(self, world: World, req: Request) -> str:
-        if req.number("DateType") != -1:
-            raise client_fault("GetStockList: only DateType -1 (last changed) is supported")
-        since = req.when("DateValue")
-        item_type = req.number("StockItemType")
+    def _get_stock_list(self, world: World, req: Request) -> dict:
+        """Both forms sites use: ``(LastUpdated)`` (the real site's WSDL) and the connector's
+        ``(DateType=-1, DateValue, StockItemType)``."""
+        if req.has("DateValue"):
+            if req.number("DateType") != -1:
+                raise client_fault("GetStockList: only DateType -1 (last changed) is supported")
+            since = req.when("DateValue")
+            item_type = req.number("StockItemType") if req.has("StockItemType") else 0
+        else:
+            since = req.when("LastUpdated")
+            item_type = 0
         items = [
-            (d["stock_code"], d["parent_code"] or None)
+            {"StockCode": d["stock_code"], "ParentCode": d["parent_code"] or ""}
             for d in world.iter("stock_item", updated_since=_canonical(since))
-            if item_type in (0, d["stock_type"])
+            if item_type in (0, d.get("stock_type", 1)) and _after(d["updated"], since)
         ]
-        return render.render_stock_list(items)
+        return {"Count": len(items), "List": items}
 
-    def _stock_docs(self, world: World, req: Request, codes_param: str) -> list[dict]:
+    def _stock_docs(self, world: World, req: Request, codes: list[str]) -> list[dict]:
         mapping = req.number("MappingType")
         fields = {1: "stock_code", 2: "other_ref"}
         if mapping not in fields:
             raise client_fault(f"{req.method}: MappingType must be 1 (StockCode) or 2 (OtherRef)")
-        since = req.when("LastUpdated")
-        docs = self._by_field(world, "stock_item", fields[mapping], kc_list(req.text(codes_param)))
-        return [d for d in docs if _after(d["updated"], since)]
+        docs = self._by_field(world, "stock_item", fields[mapping], codes)
+        if req.has("LastUpdated"):
+            since = req.when("LastUpdated")
+            if since.year > 1899:
+                docs = [d for d in docs if _after(d["updated"], since)]
+        return docs
 
     def _export_stock(self, world: World, req: Request) -> str:
-        docs = self._stock_docs(world, req, "StockCode")
-        return render.document("STOCK_ITEMS", self._render_records(world, "stock_item", docs, render.render_stock_item))
+        docs = self._stock_docs(world, req, kc_list(req.text("StockCode")))
+        if scs_export(world) == "separate":
+            return render.document("STOCK_ITEMS", self._render_records(world, "stock_item", docs, render.render_stock_item))
+        # Tree mode: a style parent carries its children in its SCS tree, and a child's own
+        # code exports nothing (the connector asks for the parent: ParentCode or StockCode).
+        docs = [d for d in docs if not d["parent_stock_id"]]
+        parents = [d["stock_id"] for d in docs]
+        variants: dict[int, list[dict]] = {}
+        if parents:
+            for child in self._by_field(world, "stock_item", "parent_stock_id", [str(p) for p in parents]):
+                variants.setdefault(child["parent_stock_id"], []).append(child)
+        return render.document("STOCK_ITEMS", self._render_records(
+            world, "stock_item", docs, lambda d: render.render_stock_item(d, variants.get(d["stock_id"]))))
 
-    def _export_stock_compressed(self, world: World, req: Request) -> str:
+    def _export_stock_compressed(self, world: World, req: Request) -> dict:
         if req.number("CompressionMethod") != 0:
             raise client_fault("ExportStockCompressed: CompressionMethod must be 0 (zip)")
         document = self._export_stock(world, req)
@@ -154,56 +186,63 @@ class KhaosMethods:
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             # A fixed timestamp: the same world gives the same bytes.
             archive.writestr(zipfile.ZipInfo("StockExport.xml", date_time=(2000, 1, 1, 0, 0, 0)), document.encode("utf-8"))
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
+        return {"Data": buffer.getvalue()}
 
     def _export_stock_status(self, world: World, req: Request) -> str:
-        req.number("SiteID")
-        docs = self._stock_docs(world, req, "StockCodes")
-        return render.document("STOCK_ITEMS", (render.render_stock_status(d) for d in docs))
+        """``StockCode`` on the real site's WSDL, ``StockCodes`` in newer clients: either."""
+        codes = kc_list(req.text("StockCode") if req.has("StockCode") else req.text("StockCodes"))
+        docs = self._stock_docs(world, req, codes)
+        sites = _sites(world)
+        site_id = req.text("SiteID") if req.has("SiteID") else None
+        name = next((n for i, n in sites if str(i) == (site_id or "").strip()), sites[0][1])
+        return render.render_stock_status(name, docs)
 
     def _export_orders(self, world: World, req: Request) -> str:
-        date_from, date_to = req.when("DateFrom"), req.when("DateTo")
-        date_type = req.number("DateType")
-        lo, hi = _canonical(date_from), _canonical(date_to)
-        if date_type == 0:
-            # Orders with no order date (a planted fault) have nothing to compare: never in range.
-            docs = world.iter("sales_order", where="json_extract(doc, '$.order_date') >= ? AND json_extract(doc, '$.order_date') < ?", args=(lo, hi))
-            keep = [d for d in docs if _in_range(_when(d["order_date"]), date_from, date_to)]
-        elif date_type == 1:
-            docs = world.iter("sales_order", where="updated >= ? AND updated < ?", args=(lo, hi))
-            keep = [d for d in docs if _in_range(_when(d["updated"]), date_from, date_to)]
-        else:
-            raise client_fault("ExportOrders: DateType must be 0 (order date) or 1 (last changed)")
-        return render.document("SALES_ORDERS", self._render_records(world, "sales_order", keep, render.render_sales_order))
+        """One order by its code (``ExportOrders($soc, 1)``): a list of codes is not a code,
+        and an unknown one gives an empty document."""
+        if req.number("MappingType") != 1:
+            raise client_fault("ExportOrders: MappingType must be 1 (SOrderCode)")
+        code = (req.text("OrderCode") or "").strip()
+        docs = self._by_field(world, "sales_order", "sorder_code", [code]) if code else []
+        return render.document("SALES_ORDERS", self._render_records(world, "sales_order", docs, render.render_sales_order))
 
     def _export_order_status(self, world: World, req: Request) -> str:
+        """IDs by MappingType 3 (SOrderCode) or 4 (AssociatedRef); ``WebOnly`` keeps orders
+        that came from a web channel. The connector's commented-out extras are accepted and
+        have no effect here (what they do on a site is not published)."""
         mapping = req.number("MappingType")
         ids = kc_list(req.text("IDs"))
         if mapping == 3:
             docs = self._by_field(world, "sales_order", "sorder_code", ids)
         elif mapping == 4:
             docs = self._by_field(world, "sales_order", "associated_ref", ids)
-        elif mapping == 5:
-            docs = self._by_field(world, "sales_order", "sorder_id", [parse_int("IDs", i) for i in ids])
         else:
-            raise client_fault("ExportOrderStatusEx: MappingType must be 3 (SOrderCode), 4 (AssociatedRef) or 5 (SOrderID)")
-        date_from = req.when("DateFrom") if req.has("DateFrom") else None
-        date_to = req.when("DateTo") if req.has("DateTo") else None
-        include_tracking = req.flag("IncludeTracking", False)
-        include_cancelled = req.flag("IncludeCancelled", False)
-        stages_text = req.text("InvoiceStageIDs") or ""
-        stage_ids = frozenset(parse_int("InvoiceStageIDs", s) for s in kc_list(stages_text)) or None
-        out: list[str] = []
-        for doc in docs:
-            changed = _when(doc["updated"])
-            if (date_from and (changed is None or changed < date_from)) or (date_to and (changed is None or changed >= date_to)):
-                continue
-            if not include_cancelled and render.order_status(doc) == "Cancelled":
-                continue
-            if stage_ids is not None and not any(inv["stage_id"] in stage_ids for inv in doc["invoices"]):
-                continue
-            out.append(render.render_order_status(doc, include_tracking=include_tracking, stage_ids=stage_ids))
-        return render.document("ORDER_STATUSES", out)
+            raise client_fault("ExportOrderStatusEx: MappingType must be 3 (SOrderCode) or 4 (AssociatedRef)")
+        if req.has("WebOnly") and _xs_boolean("WebOnly", req.text("WebOnly") or ""):
+            docs = [d for d in docs if (d.get("sales_source") or "").lower() == "web"]
+        overrides = world.raw_overrides("order_status")
+        out = [render.text_of(overrides[d["sorder_id"]]) if d["sorder_id"] in overrides
+               else render.render_order_status(d) for d in docs]
+        return render.document("STATUS_LIST", out)
+
+
+def scs_export(world: World) -> str:
+    """How the site exports SCS children: "tree" (inside the parent) or "separate"."""
+    return world.get_meta("scs_export") or "tree"
+
+
+def _sites(world: World) -> list[tuple[int, str]]:
+    sites = world.get_meta("sites") or DEFAULT_SITES
+    return [(s["site_id"], s["site_name"]) if isinstance(s, dict) else (s[0], s[1]) for s in sites]
+
+
+def _xs_boolean(name: str, text: str) -> bool:
+    value = text.strip()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise client_fault(f"{name}: '{text}' is not a valid xs:boolean")
 
 
 def _after(stored: str | None, since: datetime) -> bool:
@@ -225,19 +264,27 @@ def _parse_customers(text: str) -> Element:
     return root
 
 
-def _apply_consent(doc: dict, company: Element) -> None:
-    """Copy the consent fields the import carries; leave everything else as KC holds it."""
+def _apply_consent(doc: dict, company: Element) -> bool:
+    """Apply the consent fields the import carries; leave everything else as KC holds it.
+    True when something changed."""
+    changed = False
     try:
-        if (status := company.find("MAILING_STATUS")) is not None:
-            doc["mailing_status"] = kc_int(status.text, field="MAILING_STATUS")
-        for incoming in company.findall("CONTACTS/CONTACT"):
+        status = company.find("MAILING_STATUS")
+        if status is not None and (status.text or "").strip():
+            value = kc_int(status.text, field="MAILING_STATUS")
+            changed |= doc["mailing_status"] != value
+            doc["mailing_status"] = value
+        for incoming in company.findall("ADDRESSES/ADDRESS/CONTACTS/CONTACT"):
             subscribe = incoming.find("EMAILSUBSCRIBE")
-            if subscribe is None:
+            if subscribe is None or not (subscribe.text or "").strip():
                 continue
+            value = kc_bool(subscribe.text)
             for contact in _matching_contacts(doc, incoming):
-                contact["email_subscribe"] = kc_bool(subscribe.text)
+                changed |= contact["email_subscribe"] != value
+                contact["email_subscribe"] = value
     except ConversionError as exc:
         raise client_fault(f"ImportCompany {doc['company_code']}: {exc}") from None
+    return changed
 
 
 def _matching_contacts(doc: dict, incoming: Element) -> list[dict]:
@@ -249,7 +296,5 @@ def _matching_contacts(doc: dict, incoming: Element) -> list[dict]:
         return [c for c in doc["contacts"] if c["contact_id"] == wanted]
     email = (incoming.findtext("EMAIL") or "").strip().casefold()
     return [c for c in doc["contacts"] if email and (c["email"] or "").strip().casefold() == email]
-
-
 
 __all__ = ["KhaosMethods"]

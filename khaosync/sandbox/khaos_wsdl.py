@@ -39,23 +39,25 @@ def _p(name: str, xsd_type: XsdType, required: bool = True) -> SiteParam:
 SITE_METHODS: dict[str, tuple[SiteParam, ...]] = {
     "GetSiteList": (),
     "GetCompanyList": (_p("LastUpdated", "dateTime"),),
-    "ExportCompany": (_p("CompanyCode", "string"), _p("MappingType", "int")),
+    "ExportCompany": (_p("CompanyCode", "string"), _p("MappingType", "int"), _p("LastUpdated", "dateTime", False)),
     "ImportCompany": (_p("Customers", "string"), _p("Method", "int")),
-    "GetStockList": (_p("DateType", "int"), _p("DateValue", "dateTime"), _p("StockItemType", "int")),
+    "GetStockList": (_p("LastUpdated", "dateTime", False), _p("DateType", "int", False),
+                     _p("DateValue", "dateTime", False), _p("StockItemType", "int", False)),
     "ExportStock": (_p("StockCode", "string"), _p("MappingType", "int"), _p("LastUpdated", "dateTime")),
     "ExportStockCompressed": (
         _p("StockCode", "string"), _p("MappingType", "int"), _p("LastUpdated", "dateTime"),
         _p("CompressionMethod", "int"),
     ),
     "ExportStockStatus": (
-        _p("StockCodes", "string"), _p("MappingType", "int"), _p("LastUpdated", "dateTime"), _p("SiteID", "int"),
+        _p("StockCode", "string", False), _p("StockCodes", "string", False), _p("MappingType", "int"),
+        _p("LastUpdated", "dateTime"), _p("SiteID", "int", False), _p("PotentialLeadTime", "int", False),
     ),
-    "ExportOrders": (_p("DateFrom", "dateTime"), _p("DateTo", "dateTime"), _p("DateType", "int")),
+    "ExportOrders": (_p("OrderCode", "string"), _p("MappingType", "int")),
     "ExportOrderStatusEx": (
-        _p("IDs", "string"), _p("MappingType", "int"),
+        _p("IDs", "string"), _p("MappingType", "int"), _p("WebOnly", "string", False),
         _p("DateFrom", "dateTime", False), _p("DateTo", "dateTime", False),
         _p("IncludeTracking", "int", False), _p("IncludeCancelled", "int", False),
-        _p("InvoiceStageIDs", "string", False),
+        _p("InvoiceStageIDs", "string", False), _p("ConfirmedOnly", "string", False),
     ),
 }
 

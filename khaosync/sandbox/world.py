@@ -72,6 +72,12 @@ CREATE INDEX IF NOT EXISTS company_updated     ON company(updated);
 CREATE INDEX IF NOT EXISTS stock_item_updated  ON stock_item(updated);
 CREATE INDEX IF NOT EXISTS sales_order_updated ON sales_order(updated);
 CREATE INDEX IF NOT EXISTS credit_note_updated ON credit_note(updated);
+-- The emulator finds records by the codes KC's methods take (one ExportOrders call per code).
+CREATE INDEX IF NOT EXISTS sales_order_code ON sales_order(CAST(json_extract(doc, '$.sorder_code') AS TEXT));
+CREATE INDEX IF NOT EXISTS sales_order_ref ON sales_order(CAST(json_extract(doc, '$.associated_ref') AS TEXT));
+CREATE INDEX IF NOT EXISTS company_code ON company(CAST(json_extract(doc, '$.company_code') AS TEXT));
+CREATE INDEX IF NOT EXISTS stock_item_code ON stock_item(CAST(json_extract(doc, '$.stock_code') AS TEXT));
+CREATE INDEX IF NOT EXISTS stock_item_parent ON stock_item(CAST(json_extract(doc, '$.parent_stock_id') AS TEXT));
 CREATE TABLE IF NOT EXISTS raw_override (entity TEXT NOT NULL, key INTEGER NOT NULL, raw BLOB NOT NULL,
                                          PRIMARY KEY (entity, key));
 CREATE TABLE IF NOT EXISTS ometria_seed (type TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL,

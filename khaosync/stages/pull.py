@@ -15,6 +15,7 @@ not make us skip changes.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
@@ -23,8 +24,9 @@ from typing import Callable, Iterable, Iterator, Protocol
 from khaosync.config import Profile
 from khaosync.errors import RecordError
 from khaosync.findings import owner_of, severity_of
+from khaosync.khaos import attach
 from khaosync.khaos import parse as kparse
-from khaosync.khaos.models import canonical_json, content_hash
+from khaosync.khaos.models import OrderStatus, SalesOrder, StockItem, canonical_json, content_hash
 from khaosync.khaos.salvage import cut, wrap
 from khaosync.store import StateStore
 from khaosync.store import staging
@@ -52,6 +54,7 @@ class Batch:
     rejected: list[tuple[str | None, str, bytes]] = field(default_factory=list)  # (key, reason, raw)
     position: datetime | None = None
     listed: int = 0
+    code_position: str | None = None  # orders: the highest sales order code now safe
 
 
 class Source(Protocol):
@@ -99,7 +102,8 @@ DOCUMENTS = {
     "company": (kparse.parse_companies, "COMPANY", "COMPANYS"),
     "stock_item": (kparse.parse_stock_items, "STOCK_ITEM", "STOCK_ITEMS"),
     "sales_order": (kparse.parse_sales_orders, "SALES_ORDER", "SALES_ORDERS"),
-    "order_status": (kparse.parse_order_statuses, "ORDER_STATUS", "ORDER_STATUSES"),
+    "order_status": (kparse.parse_order_statuses, "ORDER_STATUS", "STATUS_LIST"),
+    "stock_status": (kparse.parse_stock_statuses, "STOCK_ITEM", "STOCK_STATUS"),
 }
 
 
@@ -164,21 +168,65 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
 
 # -- sources -------------------------------------------------------------------------------
 
+def next_order_code(code: str) -> str:
+    """The code after ``code`` in KC's sequence: the trailing number plus one, its width kept
+    (``SO02075`` -> ``SO02076``, ``SO99999`` -> ``SO100000``)."""
+    match = _TRAILING_NUMBER.search(code)
+    if match is None:
+        raise ValueError(f"order code {code!r} does not end in a number; set pull.first_order_code to one that does")
+    digits = match.group(1)
+    return code[:match.start(1)] + str(int(digits) + 1).zfill(len(digits))
+
+
+_TRAILING_NUMBER = re.compile(r"([0-9]+)\Z")
+_ONE_ORDER = re.compile(rb"<SALES_ORDER[\s>/]")
+ORDER_CODE_BOOKMARK = "sales_order.code"
+
+
 class SoapSource:
-    """Khaos Control's SOAP service (interface A); credit notes from the export folder."""
+    """Khaos Control's SOAP service (interface A); credit notes from the export folder.
+
+    What each entity's feed is built from (docs/pull.md): customers and stock from the
+    list calls' own "changed since" (``GetCompanyList``, ``GetStockList``), their bookmark
+    the site's clock at the list call (its HTTP ``Date``), never a field the vendor's
+    documents lack; stock levels from ``ExportStockStatus`` for every staged item (levels
+    change without the item changing); new orders by walking sales order codes past the
+    highest one staged with ``ExportOrders(OrderCode)``; despatch and cancellation from
+    ``ExportOrderStatusEx`` over every open order and the recently completed ones.
+    """
 
     def __init__(self, client, profile: Profile, credit_notes: "FileSource | None"):
         self.client = client
         self.profile = profile
         self.credit_notes = credit_notes
+        self.store: StateStore | None = None
+        self.explicit_since: datetime | None = None  # pull --since: orders placed before it are not staged
+        self.skipped_before_since = 0
+
+    def bind(self, store: StateStore) -> None:
+        """The state store the feeds read what is already staged from (pull calls this)."""
+        self.store = store
+
+    def _conn(self):
+        if self.store is None:
+            raise RuntimeError("SoapSource.bind(store) first: the order and stock feeds read the staged records")
+        return self.store.conn
+
+    def _site_now(self) -> datetime:
+        """The site's clock at its last answer, else ours (the look-back window covers skew)."""
+        seen = getattr(self.client, "last_server_time", None)
+        return seen.astimezone(timezone.utc) if seen is not None else datetime.now(timezone.utc)
 
     def batches(self, entity: str, since: datetime) -> Iterator[Batch]:
         if entity == "company":
-            yield from self._by_code(entity, self.client.get_company_list(since), self.client.export_company,
-                                     self.profile.khaos.company_batch)
+            codes = self.client.get_company_list(since)
+            position = self._site_now()
+            yield from self._by_code(entity, codes, self.client.export_company, self.profile.khaos.company_batch,
+                                     position)
         elif entity == "stock_item":
-            codes = [code for code, _parent in self.client.get_stock_list(since)]
-            yield from self._by_code(entity, codes, self.client.export_stock, self.profile.khaos.stock_batch)
+            listed = self.client.get_stock_list(since)
+            position = self._site_now()
+            yield from self._stock(listed, position)
         elif entity == "sales_order":
             yield from self._orders(since)
         elif entity == "credit_note":
@@ -186,7 +234,8 @@ class SoapSource:
                 return
             yield from self.credit_notes.batches(entity, since)
 
-    def _by_code(self, entity: str, codes: list[str], export: Callable[[list[str]], bytes], size: int) -> Iterator[Batch]:
+    def _by_code(self, entity: str, codes: list[str], export: Callable[[list[str]], bytes], size: int,
+                 position: datetime) -> Iterator[Batch]:
         blanks = sum(1 for c in codes if not c)
         if blanks:
             # KC exports by URN/code only: a record listed with a blank one cannot be fetched.
@@ -194,85 +243,288 @@ class SoapSource:
                       "give them a code in Khaos Control")
             yield Batch(rejected=[(None, reason, f"<BLANK_CODES count={blanks}/>".encode())], listed=blanks)
         codes = list(dict.fromkeys(c for c in codes if c))  # a code listed twice is fetched once
-        high: datetime | None = None
         for chunk in _chunks(codes, size):
             parsed, rejected = read_document(entity, export(chunk))
-            high = _later(high, _max_updated(parsed))
             yield Batch(parsed=parsed, rejected=rejected, listed=len(chunk))
         # The bookmark moves only when every listed code is safe.
-        yield Batch(position=high)
+        yield Batch(position=position)
 
+    # -- stock ---------------------------------------------------------------------------
+    def _stock(self, listed: list[tuple[str, str | None]], position: datetime) -> Iterator[Batch]:
+        """Changed items, then every staged item's stock level.
+
+        SCS children come inside their parent's tree on some sites and as separate, unlinked
+        items on others: each changed child's parent is asked for (its tree, if the site
+        exports one) and the child's own code too (its item, if the site exports them
+        apart); a separate child is linked to its parent by GetStockList's ParentCode."""
+        parent_of = {code: parent for code, parent in listed if parent}
+        wanted: list[str] = []
+        for code, parent in sorted(listed, key=lambda cp: (cp[1] or cp[0], cp[1] is not None, cp[0])):
+            if parent:
+                wanted.append(parent)
+            wanted.append(code)
+        wanted = list(dict.fromkeys(wanted))
+        ids: dict[str, int] = {}
+        for chunk in _chunks(wanted, self.profile.khaos.stock_batch):
+            parsed, rejected = read_document("stock_item", self.client.export_stock(chunk))
+            for p in parsed:
+                if isinstance(p.record, StockItem):
+                    ids[p.record.stock_code] = p.record.stock_id
+            parsed = [self._linked(p, parent_of, ids) for p in parsed]
+            if self.profile.pull.stock_status != "off":
+                parsed = self._with_stock_statuses(parsed, rejected)
+            else:
+                parsed = [self._keep_stock_status(p) for p in parsed]
+            yield Batch(parsed=parsed, rejected=rejected, listed=len(chunk))
+        yield Batch(position=position)
+        if self.profile.pull.stock_status == "all":
+            exported = set(ids)
+            yield from self._stock_statuses([c for c in self._staged_stock_codes() if c not in exported])
+
+    def _with_stock_statuses(self, items: list[kparse.Parsed], rejected: list) -> list[kparse.Parsed]:
+        """The exported items with their stock level, read for the same codes at once."""
+        codes = [p.record.stock_code for p in items if isinstance(p.record, StockItem)]
+        found: dict[str, kparse.Parsed] = {}
+        if codes:
+            statuses, bad = read_document("stock_status", self.client.export_stock_status(codes))
+            rejected.extend(bad)
+            found = {s.key: s for s in statuses if s.key}
+        out = []
+        for p in items:
+            status = found.get(p.record.stock_code) if isinstance(p.record, StockItem) else None
+            if status is None:
+                out.append(self._keep_stock_status(p))
+            elif status.record is None:
+                reason = "; ".join(e.reason for e in status.problems) or "unreadable stock status"
+                rejected.append((status.key, f"stock status: {reason}", status.raw))
+                out.append(self._keep_stock_status(p))
+            else:
+                problems = p.problems + [RecordError(entity="stock_item", key=p.key, stage=STAGE, kind=e.kind,
+                                                     reason=f"stock status: {e.reason}") for e in status.problems]
+                out.append(kparse.Parsed(p.entity, p.key, attach.stock_raw(p.raw, status.raw),
+                                         attach.with_stock_status(p.record, status.record), problems))
+        return out
+
+    def _linked(self, p: kparse.Parsed, parent_of: dict[str, str], ids: dict[str, int]) -> kparse.Parsed:
+        record = p.record
+        if not isinstance(record, StockItem) or record.parent_id is not None:
+            return p
+        parent_code = parent_of.get(record.stock_code)
+        if not parent_code:
+            return p
+        parent_id = ids.get(parent_code)
+        if parent_id is None:
+            keys = staging.keys_by_alias(self._conn(), "stock_item", "stock_code", parent_code)
+            parent_id = int(keys[-1]) if keys and keys[-1].isdigit() else None
+        problems = list(p.problems)
+        if parent_id is None:
+            problems.append(RecordError(
+                entity="stock_item", key=p.key, stage=STAGE, kind="malformed_record",
+                reason=f"SCS child {record.stock_code}: GetStockList names parent {parent_code}, which KC did not export"))
+        update = {"parent_code": parent_code, "parent_id": parent_id}
+        return kparse.Parsed(p.entity, p.key, p.raw, record.model_copy(update=update), problems)
+
+    def _keep_stock_status(self, p: kparse.Parsed) -> kparse.Parsed:
+        """A re-exported item keeps the stock level staged for it, until the sweep reads a new one."""
+        if not isinstance(p.record, StockItem) or p.key is None:
+            return p
+        staged = staging.current(self._conn(), "stock_item", p.key)
+        if staged is None or staged.parsed is None or staged.parsed.get("stock_status") is None:
+            return p
+        previous = attach.status_raw(staged.raw)
+        record = p.record.model_copy(update={"stock_level": staged.parsed.get("stock_level"),
+                                             "stock_status": staged.parsed.get("stock_status")})
+        record = StockItem.model_validate(record.model_dump())
+        raw = attach.stock_raw(p.raw, previous) if previous is not None else p.raw
+        return kparse.Parsed(p.entity, p.key, raw, record, p.problems)
+
+    def _staged_stock_codes(self) -> list[str]:
+        rows = self._conn().execute(
+            "SELECT json_extract(parsed, '$.stock_code') FROM staged_record WHERE entity = 'stock_item' AND current = 1"
+            " AND parsed IS NOT NULL ORDER BY key").fetchall()
+        return [code for (code,) in rows if code]
+
+    def _stock_statuses(self, codes: list[str]) -> Iterator[Batch]:
+        """Each item's LEVEL and STATUS; an item whose status changed gets a new version. A
+        status khaosync cannot read leaves the item as it was (and is kept as a payload)."""
+        for chunk in _chunks(codes, self.profile.khaos.stock_batch):
+            statuses, rejected = read_document("stock_status", self.client.export_stock_status(chunk))
+            updates: list[kparse.Parsed] = []
+            for status in statuses:
+                if status.record is None or status.key is None:
+                    reason = "; ".join(e.reason for e in status.problems) or "unreadable stock status"
+                    rejected.append((status.key, f"stock status: {reason}", status.raw))
+                    continue
+                keys = staging.keys_by_alias(self._conn(), "stock_item", "stock_code", status.key)
+                staged = staging.current(self._conn(), "stock_item", keys[-1]) if keys else None
+                if staged is None or staged.parsed is None:
+                    continue  # a status for an item not staged as readable: nothing to attach it to
+                item = StockItem.model_validate(staged.parsed)
+                if item.stock_code != status.key:
+                    continue  # the code now belongs to another item (a rename); its own status follows
+                updated = attach.with_stock_status(item, status.record)
+                if updated == item:
+                    continue
+                problems = [RecordError(entity="stock_item", key=staged.key, stage=STAGE, kind=e.kind,
+                                        reason=f"stock status: {e.reason}") for e in status.problems]
+                updates.append(kparse.Parsed("stock_item", staged.key, attach.stock_raw(staged.raw, status.raw),
+                                             updated, problems))
+            yield Batch(parsed=updates, rejected=rejected, listed=0)
+
+    # -- orders --------------------------------------------------------------------------
     def _orders(self, since: datetime) -> Iterator[Batch]:
-        """Orders changed since ``since``, in date windows sized to hold about
-        ``pull.orders_per_request`` orders each, so memory does not grow with a merchant's
-        volume: a window that returned too many halves the next one, a sparse one doubles it
-        (up to ``pull.order_window_days``), and one with more than four times the target is
-        asked again in halves before anything in it is parsed."""
-        settings = self.profile.pull
-        widest = timedelta(days=settings.order_window_days)
-        narrowest = timedelta(minutes=10)
-        width = min(timedelta(days=1), widest)
-        horizon = datetime.now(timezone.utc) + timedelta(days=1)
-        high: datetime | None = None
-        start = since
-        while True:
-            # The last window is open-ended: whatever a KC clock ahead of ours has already written.
-            end = FAR_FUTURE if start >= horizon else min(start + width, horizon)
-            document = self.client.export_orders(start, end, by="updated")
-            if document.count(b"<SALES_ORDER>") > 4 * settings.orders_per_request and width > narrowest \
-                    and end != FAR_FUTURE:
-                # Far too many to hold at once (a sparse stretch widened the window just before a
-                # busy one): drop the answer unparsed and ask for half the window.
-                del document
-                width = max(narrowest, width / 2)
-                continue
-            parsed, rejected = read_document("sales_order", document)
-            del document
-            if parsed:
-                parsed = self._with_statuses(parsed, rejected)
-            high = _later(high, _max_updated(parsed))
-            # Windows run in time order: once this one is committed, all changes up to the
-            # latest time seen so far are safe.
-            yield Batch(parsed=parsed, rejected=rejected, position=high, listed=len(parsed))
-            if end == FAR_FUTURE:
-                return
-            start = end
-            if len(parsed) > settings.orders_per_request:
-                width = max(narrowest, width / 2)
-            elif len(parsed) < settings.orders_per_request // 4:
-                width = min(widest, width * 2)
+        yield from self._new_orders(since)
+        yield from self._open_order_statuses()
 
-    def _with_statuses(self, orders: list[kparse.Parsed], rejected: list) -> list[kparse.Parsed]:
-        """Attach each order's despatch state (invoices, tracking) from ExportOrderStatusEx."""
-        ids = [p.key for p in orders if p.key]
+    def _new_orders(self, since: datetime) -> Iterator[Batch]:
+        """Orders after the highest code staged, one ``ExportOrders`` call per code, until
+        ``pull.order_code_gap`` codes in a row are unknown (a gap of deleted codes, or the
+        end). The bookmark is the last code found, so codes not yet used are asked again."""
+        settings = self.profile.pull
+        last = staging.get_bookmark(self._conn(), ORDER_CODE_BOOKMARK)
+        code = next_order_code(last) if last else self._first_code()
+        explicit_since = getattr(self, "explicit_since", None)
+        misses = 0
+        found_code: str | None = None
+        batch: list[kparse.Parsed] = []
+        rejected: list[tuple[str | None, str, bytes]] = []
+        while misses < settings.order_code_gap:
+            parsed, bad = read_document("sales_order", self.client.export_orders(code))
+            if not parsed and not bad:
+                misses += 1
+            else:
+                misses = 0
+                found_code = code
+                rejected.extend(bad)
+                for p in parsed:
+                    record = p.record
+                    if isinstance(record, SalesOrder) and record.order_type == 2:
+                        rejected.append((p.key, f"{record.sorder_code}: a credit note (ORDER_TYPE 2) in the order "
+                                         "sequence; refunds are read from the credit-note export", p.raw))
+                        continue
+                    if (explicit_since is not None and isinstance(record, SalesOrder) and record.order_date
+                            and record.order_date < explicit_since):
+                        self.skipped_before_since += 1
+                        continue
+                    batch.append(p)
+            if len(batch) >= self.profile.khaos.company_batch:
+                yield self._order_batch(batch, rejected, found_code)
+                batch, rejected = [], []
+            code = next_order_code(code)
+        yield self._order_batch(batch, rejected, found_code)
+
+    def _exists(self, code: str) -> bool:
+        return _ONE_ORDER.search(self.client.export_orders(code)) is not None
+
+    def _first_code(self) -> str:
+        """Where a first walk starts: ``pull.first_order_code``, or, when the site's codes
+        begin later, the first code found by doubling the number until a code exists and
+        then walking down until ``pull.order_code_gap`` codes in a row are unknown."""
+        first = self.profile.pull.first_order_code
+        gap = self.profile.pull.order_code_gap
+        match = _TRAILING_NUMBER.search(first)
+        assert match is not None  # the setting's pattern requires a trailing number
+        prefix, width, start = first[:match.start(1)], len(match.group(1)), int(match.group(1))
+
+        def code_of(n: int) -> str:
+            return prefix + str(n).zfill(width)
+
+        if any(self._exists(code_of(n)) for n in range(start, start + gap)):
+            return first
+        n = max(start, 1) * 2
+        limit = 10 ** (width + 2)
+        while n < limit and not self._exists(code_of(n)):
+            n *= 2
+        if n >= limit:
+            return first  # nothing at all: the walk finds nothing, and says so
+        low, misses = n, 0
+        while low > start and misses < gap:
+            if self._exists(code_of(low - 1)):
+                misses = 0
+            else:
+                misses += 1
+            low -= 1
+        return code_of(low + misses if misses else low)
+
+    def _order_batch(self, orders: list[kparse.Parsed], rejected: list, found_code: str | None) -> Batch:
+        parsed = self._with_statuses(orders, rejected) if orders else []
+        return Batch(parsed=parsed, rejected=rejected, listed=len(orders), code_position=found_code)
+
+    def _statuses_of(self, codes: list[str], rejected: list) -> dict[str, kparse.Parsed]:
         statuses: dict[str, kparse.Parsed] = {}
-        for chunk in _chunks(ids, self.profile.khaos.company_batch):
-            parsed, bad = read_document("order_status", self.client.export_order_status(chunk, mapping_type=5))
+        for chunk in _chunks(codes, self.profile.khaos.company_batch):
+            parsed, bad = read_document("order_status", self.client.export_order_status(chunk, mapping_type=3))
             rejected.extend(bad)
             for p in parsed:
                 if p.key and p.key not in statuses:
                     statuses[p.key] = p
+        return statuses
+
+    def _with_statuses(self, orders: list[kparse.Parsed], rejected: list) -> list[kparse.Parsed]:
+        """Attach each new order's despatch state from ExportOrderStatusEx (by SORDER_CODE)."""
+        codes = [p.record.sorder_code for p in orders if isinstance(p.record, SalesOrder) and p.record.sorder_code]
+        statuses = self._statuses_of(codes, rejected)
         out = []
         for p in orders:
-            status = statuses.get(p.key) if p.key else None
-            if status is None:
-                out.append(p)
-                continue
-            if p.record is None:
-                # An unreadable order keeps its status's bytes beside its own, nothing more.
-                out.append(kparse.Parsed(entity="sales_order", key=p.key, raw=p.raw + b"\n" + status.raw,
-                                         record=None, problems=p.problems))
-                continue
-            problems = list(p.problems) + [
-                RecordError(entity="sales_order", key=p.key, stage=STAGE, reason=f"order status: {e.reason}", kind=e.kind)
-                for e in status.problems
-            ]
-            record = p.record
-            if status.record is not None:
-                record = record.model_copy(update={"status": status.record.status, "invoices": status.record.invoices})
-            out.append(kparse.Parsed(entity="sales_order", key=p.key, raw=p.raw + b"\n" + status.raw,
-                                     record=record, problems=problems))
+            status = statuses.get(p.record.sorder_code) if isinstance(p.record, SalesOrder) else None
+            out.append(p if status is None else _merged(p, status, rejected))
         return out
+
+    def _open_order_statuses(self) -> Iterator[Batch]:
+        """Every staged order not yet complete or cancelled, and those placed within
+        ``pull.order_status_lookback_days``, asked for their state again; an order whose
+        state changed gets a new version. One whose totals no longer match the status's is
+        exported again (an edit in KC)."""
+        cutoff = (datetime.now(timezone.utc) - timedelta(days=self.profile.pull.order_status_lookback_days))
+        site_cutoff = min(cutoff, self._site_now() - timedelta(days=self.profile.pull.order_status_lookback_days))
+        rows = self._conn().execute(
+            "SELECT key, json_extract(parsed, '$.sorder_code') FROM staged_record WHERE entity = 'sales_order'"
+            " AND current = 1 AND parsed IS NOT NULL AND (coalesce(json_extract(parsed, '$.complete'), 0) = 0"
+            " AND coalesce(json_extract(parsed, '$.cancelled'), 0) = 0 OR json_extract(parsed, '$.order_date') >= ?)"
+            " ORDER BY key", (site_cutoff.isoformat().replace("+00:00", "Z"),)).fetchall()
+        open_orders = {code: key for key, code in rows if code}
+        for chunk in _chunks(list(open_orders), self.profile.khaos.company_batch):
+            rejected: list[tuple[str | None, str, bytes]] = []
+            statuses = self._statuses_of(chunk, rejected)
+            updates: list[kparse.Parsed] = []
+            for code, status in statuses.items():
+                key = open_orders.get(code)
+                staged = staging.current(self._conn(), "sales_order", key) if key else None
+                if staged is None or staged.parsed is None:
+                    continue
+                order = kparse.Parsed("sales_order", key, attach.own_raw(staged.raw),
+                                      SalesOrder.model_validate(staged.parsed), [])
+                if isinstance(status.record, OrderStatus) and order.record.order_amount is not None \
+                        and status.record.gross_total is not None and status.record.gross_total != order.record.order_amount:
+                    again, bad = read_document("sales_order", self.client.export_orders(code))
+                    rejected.extend(bad)
+                    fresh = [p for p in again if p.key == key and p.record is not None]
+                    if fresh:
+                        order = fresh[0]
+                merged = _merged(order, status, rejected)
+                if merged.record is not None and merged.record == SalesOrder.model_validate(staged.parsed) \
+                        and not merged.problems:
+                    continue
+                updates.append(merged)
+            yield Batch(parsed=updates, rejected=rejected, listed=0)
+
+
+def _merged(order: kparse.Parsed, status: kparse.Parsed, rejected: list) -> kparse.Parsed:
+    """An order with its status attached. A status khaosync cannot read never replaces what
+    the order had: the order is staged as it was (its last good state), and the unreadable
+    status is kept as a payload with an exception."""
+    problems = list(order.problems)
+    if status.record is None:
+        reason = "; ".join(e.reason for e in status.problems) or "unreadable order status"
+        rejected.append((order.key, f"order status {status.key}: {reason}", status.raw))
+        return order
+    problems += [RecordError(entity="sales_order", key=order.key, stage=STAGE, reason=f"order status: {e.reason}",
+                             kind=e.kind) for e in status.problems]
+    if order.record is None:
+        # An unreadable order keeps its status's bytes beside its own, nothing more.
+        return kparse.Parsed("sales_order", order.key, attach.order_raw(order.raw, status.raw), None, problems)
+    record = attach.with_order_status(order.record, status.record)
+    return kparse.Parsed("sales_order", order.key, attach.order_raw(order.raw, status.raw), record, problems)
 
 
 class FileSource:
@@ -396,7 +648,26 @@ def _commit_batch(store: StateStore, run_id: int, entity: str, batch: Batch, res
             position = batch.position.astimezone(timezone.utc).isoformat()
             staging.set_bookmark(conn, entity, position, run_id, now)
             result.bookmark_after = staging.get_bookmark(conn, entity)
+        if batch.code_position is not None:
+            _set_code_bookmark(conn, batch.code_position, run_id, now)
+            result.bookmark_after = staging.get_bookmark(conn, ORDER_CODE_BOOKMARK)
     return fails
+
+
+def _code_number(code: str) -> int:
+    match = _TRAILING_NUMBER.search(code)
+    return int(match.group(1)) if match else -1
+
+
+def _set_code_bookmark(conn, code: str, run_id: int, now: str) -> None:
+    """Codes compare by their number (``SO99999`` < ``SO100000``), not as text."""
+    current = staging.get_bookmark(conn, ORDER_CODE_BOOKMARK)
+    if current is not None and _code_number(current) >= _code_number(code):
+        return
+    conn.execute(
+        "INSERT INTO bookmark(entity, position, run_id, updated_at) VALUES (?,?,?,?) ON CONFLICT(entity) DO UPDATE"
+        " SET position = excluded.position, run_id = excluded.run_id, updated_at = excluded.updated_at",
+        (ORDER_CODE_BOOKMARK, code, run_id, now))
 
 
 def _start_of(profile: Profile, store: StateStore, entity: str, since: datetime | None, full: bool) -> datetime:
@@ -421,6 +692,14 @@ def pull(store: StateStore, profile: Profile, source: Source, *, entities: list[
         raise ValueError(f"unknown entity {unknown[0]!r}; choose from {', '.join(ENTITIES)}")
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=timezone.utc)
+    if hasattr(source, "bind"):
+        source.bind(store)
+    if hasattr(source, "explicit_since"):
+        source.explicit_since = since
+    if full and "orders" in names:
+        # A full pull walks every order code again from pull.first_order_code.
+        with store.transaction() as conn:
+            conn.execute("DELETE FROM bookmark WHERE entity = ?", (ORDER_CODE_BOOKMARK,))
     own_run = run_id is None
     run_id = run_id if run_id is not None else store.start_run("pull", profile.name)
     result = PullResult(run_id=run_id, entities={})
