@@ -143,7 +143,8 @@ def test_contacts_are_flat_on_the_company_and_remember_their_address() -> None:
 
 def test_two_contacts_in_one_address() -> None:
     bethan, owen = companies()["20502"].record.contacts
-    assert (bethan.contact_id, bethan.address_id, bethan.email_subscribe, bethan.inactive) == (31140, 42015, True, False)
+    assert (bethan.contact_id, bethan.address_id, bethan.email_subscribe, bethan.inactive) == (
+        31140, 42015, True, False)
     # A blank EMAILSUBSCRIBE is no decision held, not "no"; INACTIVE -1 is an inactive contact.
     assert (owen.contact_id, owen.address_id, owen.email_subscribe, owen.inactive) == (31141, 42015, None, True)
     assert (owen.forename, owen.surname, owen.email) == ("Owen", "Price", "owen@oldbakerygifts.co.uk")
@@ -374,7 +375,7 @@ def test_order_header_fields() -> None:
 
 
 def test_an_issued_invoice_with_tracking_and_boxes() -> None:
-    issued, picking = order_statuses()["SO00412"].record.invoices
+    issued, _ = order_statuses()["SO00412"].record.invoices
     assert (issued.invoice_code, issued.invoice_id, issued.stage_id, issued.stage_desc) == (
         "INV00388", None, 70, "ISSUED_CURRENT")
     assert (issued.invoice_date, issued.ship_date, issued.issue_date) == (
@@ -443,6 +444,17 @@ def test_an_order_with_no_invoices_yet() -> None:
 
 def test_a_blank_other_ref_attribute_is_blank() -> None:
     assert order_statuses()["SO00437"].record.company_other_ref == ""
+
+
+def test_an_order_status_keeps_its_own_bytes_attributes_and_all() -> None:
+    found = order_statuses()
+    raw = found["SO00412"].raw
+    assert raw.startswith(b"<ORDER_STATUS ") and raw.endswith(b"</ORDER_STATUS>")
+    for attribute in (b'SORDER_CODE="SO00412"', b'INVOICE_CODE="INV00388"', b'CONSIGNMENT_REF="TT123456799GB"',
+                      b'INVOICE_STAGE_DESC="PRINTPICKING"'):
+        assert attribute in raw
+    assert b"SO00398" not in raw
+    assert "Zoë".encode() in found["SO00441"].raw
 
 
 # -- the file source reads the same documents ----------------------------------------------------------
