@@ -77,7 +77,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from khaosync.errors import ConfigError, RecordError
 from khaosync.khaos import convert
 from khaosync.khaos.convert import ConversionError
-from khaosync.khaos.models import Company, CreditNote, OrderStatus, SalesOrder
+from khaosync.khaos import attach
+from khaosync.khaos.models import Company, CreditNote, OrderStatus, SalesOrder, StockItem
 from khaosync.khaos.parse import (
     INVALID,
     DocumentError,
@@ -89,6 +90,7 @@ from khaosync.khaos.parse import (
     parse_order_statuses,
     parse_sales_orders,
     parse_stock_items,
+    parse_stock_statuses,
     problem,
     show,
     validation_reasons,
@@ -664,6 +666,7 @@ _STRICT_PARSERS: dict[str, Callable[[bytes], Iterator[Parsed]]] = {
     "stock_item": parse_stock_items,
     "sales_order": parse_sales_orders,
     "order_status": parse_order_statuses,
+    "stock_status": parse_stock_statuses,
 }
 
 
@@ -718,24 +721,42 @@ class ExportFolder:
             yield from read_customers(path, self.columns)
 
     def stock_items(self) -> Iterator[Parsed]:
-        """``stock*.xml`` (``<STOCK_ITEMS>``)."""
+        """``stock*.xml`` (``<STOCK_ITEMS>``) with ``stock_status*.xml`` (``<STOCK_STATUS>``)
+        attached by stock code; a stock status export is never read as stock."""
+        statuses: dict[str, Parsed] = {}
+        for path in self.files("stock_status*.xml"):
+            for parsed in _from_file(path, "stock_status", self.read_xml):
+                if parsed.record is None or parsed.key is None:
+                    yield parsed  # its problems say why; there is nothing to attach
+                else:
+                    statuses[parsed.key] = parsed
         for path in self.files("stock*.xml"):
-            yield from _from_file(path, "stock_item", self.read_xml)
+            if path.name.lower().startswith("stock_status"):
+                continue
+            for parsed in _from_file(path, "stock_item", self.read_xml):
+                status = statuses.get(parsed.record.stock_code) if isinstance(parsed.record, StockItem) else None
+                if status is None:
+                    yield parsed
+                else:
+                    yield Parsed(parsed.entity, parsed.key, attach.stock_raw(parsed.raw, status.raw),
+                                 attach.with_stock_status(parsed.record, status.record),
+                                 [*parsed.problems, *status.problems])
 
     def order_statuses(self) -> Iterator[Parsed]:
-        """``order_status*.xml`` (``<ORDER_STATUSES>``), unmerged."""
+        """``order_status*.xml`` (``<STATUS_LIST>``), unmerged."""
         for path in self.files("order_status*.xml"):
             yield from _from_file(path, "order_status", self.read_xml)
 
     def sales_orders(self) -> Iterator[Parsed]:
-        """``sales_orders*.xml`` with ``order_status*.xml`` merged in by ``sorder_id``.
+        """``sales_orders*.xml`` with ``order_status*.xml`` attached by ``SORDER_CODE``.
 
-        A merged order gets the status's ``status`` and ``invoices``, its problems, and a raw
-        of the order's element followed by a newline and the status's element. When several
-        status files hold one order, the last file by name wins. Nothing is dropped: a status
-        that cannot be merged (unusable, or no usable order in the folder) is yielded after
-        the orders as an ``order_status`` record, with kind ``unmatched_order_status`` when
-        its order is missing.
+        A merged order gets the status's state, invoices and cancellation, its problems, and a
+        raw of the order's element, a marker and the status's element. When several status
+        files hold one order, the last file by name wins. Nothing is dropped: a status that
+        cannot be merged (unusable, or no usable order in the folder) is yielded after the
+        orders as an ``order_status`` record, with kind ``unmatched_order_status`` when its
+        order is missing; an order whose status cannot be read is yielded as it is, never
+        with an empty state in place of one.
         """
         statuses: dict[str, Parsed] = {}
         for parsed in self.order_statuses():
@@ -745,16 +766,14 @@ class ExportFolder:
                 statuses[parsed.key] = parsed
         for path in self.files("sales_orders*.xml"):
             for parsed in _from_file(path, "sales_order", self.read_xml):
-                status = statuses.pop(parsed.key, None) if parsed.key else None
+                code = parsed.record.sorder_code if isinstance(parsed.record, SalesOrder) else None
+                status = statuses.pop(code, None) if code else None
                 if status is None:
                     yield parsed
-                elif parsed.record is None:
-                    # An unreadable order keeps its status's bytes beside its own, nothing more.
-                    yield Parsed(parsed.entity, parsed.key, parsed.raw + b"\n" + status.raw, None, parsed.problems)
                 else:
                     yield _merge(parsed, status)
         for key, status in statuses.items():
-            missing = problem(OrderStatus.ENTITY, key, f"sorder_id {key}: no usable sales order in {self.folder}",
+            missing = problem(OrderStatus.ENTITY, key, f"sorder_code {key}: no usable sales order in {self.folder}",
                               kind="unmatched_order_status")
             yield Parsed(status.entity, key, status.raw, status.record, [*status.problems, missing])
 
@@ -766,8 +785,10 @@ class ExportFolder:
 
 def _merge(order: Parsed, status: Parsed) -> Parsed:
     assert isinstance(order.record, SalesOrder) and isinstance(status.record, OrderStatus)
-    record = order.record.model_copy(update={"status": status.record.status, "invoices": status.record.invoices})
-    return Parsed(order.entity, order.key, order.raw + b"\n" + status.raw, record, [*order.problems, *status.problems])
+    record = attach.with_order_status(order.record, status.record)
+    problems = [*order.problems, *(problem(SalesOrder.ENTITY, order.key, f"order status: {e.reason}", e.kind)
+                                   for e in status.problems)]
+    return Parsed(order.entity, order.key, attach.order_raw(order.raw, status.raw), record, problems)
 
 
 __all__ = [

@@ -958,10 +958,15 @@ class _Duplicates:
             return parsed
         seen = self.first.get(parsed.key)
         if seen is None:
-            self.first[parsed.key] = (parsed.raw, parsed.record)
+            # Bytes only, so memory follows the document and not its records; a stock item's
+            # record is kept too (an SCS child's bytes are not a STOCK_ITEM to re-read), and
+            # stock answers are small (khaos.stock_batch items).
+            self.first[parsed.key] = (parsed.raw, parsed.record if self.kind.entity == "stock_item" else None)
             return parsed
         entity, key = self.kind.entity, parsed.key
         first_raw, first = seen
+        if first is None and first_raw != parsed.raw:
+            first = _parse_element(self.kind, ET.fromstring(first_raw))[0].record
         if first_raw == parsed.raw or (
             first is not None and parsed.record is not None and content_hash(first) == content_hash(parsed.record)
         ):
@@ -989,7 +994,29 @@ class _Duplicates:
         return "differs in " + ", ".join(shown)
 
 
+# Values khaosync must never keep, even in the raw it stages: the vendor's company document
+# carries the customer's website password.
+_REDACT = {"COMPANY": ("WEB_PASSWORD",)}
+
+
+_REDACT_BYTES = re.compile(rb"(<WEB_PASSWORD(?:\s[^>]*)?>)[^<]+(</WEB_PASSWORD>)")
+
+
+def redact_document(doc: bytes) -> bytes:
+    """The document with every secret value replaced, before any of it is kept (a broken
+    document's pieces are staged as they are, so the bytes themselves must be clean)."""
+    return _REDACT_BYTES.sub(rb"\1***\2", doc)
+
+
+def _redact(elem: ET.Element) -> None:
+    for tag in _REDACT.get(_local(elem.tag), ()):
+        for found in elem.iter(tag):
+            if (found.text or "").strip():
+                found.text = "***"
+
+
 def _parse_element(kind: _Kind, elem: ET.Element) -> list[Parsed]:
+    _redact(elem)
     raw = _raw(elem)
     if _local(elem.tag) != kind.record:
         reason = f"unexpected <{_local(elem.tag)}> in <{kind.root}>, expected <{kind.record}>"
@@ -1136,6 +1163,6 @@ __all__ = [
     "company_problems",
     "expected_order_amount", "is_currency", "is_email", "minor_units", "order_status_problems",
     "parse_companies", "parse_company_list", "parse_order_statuses", "parse_sales_orders", "parse_stock_items",
-    "parse_stock_statuses", "stock_status_problems", "derived_status",
+    "parse_stock_statuses", "stock_status_problems", "derived_status", "redact_document",
     "parse_stock_list", "problem", "sales_order_problems", "show", "stock_item_problems", "validation_reasons",
 ]

@@ -20,6 +20,8 @@ any contact of the group travels with the email to the one who keeps it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import pycountry
 from pydantic import ValidationError
 
 from khaosync.khaos.models import Address, Company, Contact as KcContact
@@ -79,12 +81,28 @@ def phone_e164(raw: str, calling_code: str | None) -> str | None:
     return None
 
 
+def country_alpha2(code: str) -> str | None:
+    """An ISO 3166 country code as Ometria takes it (alpha-2). KC holds alpha-3 on the sites
+    seen ("GBR"), alpha-2 on others; ``UK`` is not ISO but is what people type for GB."""
+    text = code.strip().upper()
+    if not (text.isascii() and text.isalpha()):
+        return None
+    if text == "UK":
+        return "GB"
+    if len(text) == 2:
+        return text if pycountry.countries.get(alpha_2=text) is not None else None
+    if len(text) == 3:
+        country = pycountry.countries.get(alpha_3=text)
+        return country.alpha_2 if country is not None else None
+    return None
+
+
 def _country(addresses: list[Address]) -> str | None:
     active = [a for a in addresses if not a.inactive] or addresses
     invoice = [a for a in active if a.addr_type.lower() == "invoice"] or active
     for address in invoice:
-        code = address.country_code.strip().upper()
-        if len(code) == 2 and code.isalpha() and code.isascii():
+        code = country_alpha2(address.country_code)
+        if code is not None:
             return code
     return None
 

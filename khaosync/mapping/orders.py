@@ -126,6 +126,10 @@ def despatch_state(order: SalesOrder, mapping: Mapping) -> Despatch:
             for item in inv.items:
                 shipped[item.sorder_item_id] = shipped.get(item.sorder_item_id, ZERO) + item.qty
         everything = all(shipped.get(line.sorder_item_id, ZERO) >= line.qty for line in order.lines)
+    elif order.complete is not None:
+        # ExportOrderStatusEx's COMPLETE: every unit assigned and every invoice issued. A
+        # back-order with no invoice yet keeps an order with all its invoices issued partial.
+        everything = order.complete
     else:
         # No item detail on this site's invoices: all despatched once no invoice is still to go.
         everything = all(g in _ISSUED or g == "cancelled" for g in groups)
@@ -322,14 +326,16 @@ def _iso_z(value) -> str:
 def _tracking(order: SalesOrder, mapping: Mapping) -> list[dict]:
     stages = mapping.orders.invoice_stages
     out = []
-    for inv in sorted(order.invoices, key=lambda i: (i.issued.isoformat() if i.issued else "", i.invoice_id)):
+    for inv in sorted(order.invoices, key=lambda i: (i.issued.isoformat() if i.issued else "", i.label)):
         group = stages.group_of(inv.stage_id)
         issued = group in _ISSUED or (group is None and inv.issued is not None)
         if not issued:
             continue
-        entry = {"invoice": inv.invoice_code or str(inv.invoice_id), "consignment_ref": inv.consignment_ref,
+        # KC's CONSIGNMENT_REF is the courier's tracking reference: sent once, as the number.
+        consignment = inv.consignment_ref if inv.consignment_ref != inv.tracking_number else ""
+        entry = {"invoice": inv.label, "consignment_ref": consignment,
                  "courier": inv.courier_name or inv.courier_code, "tracking_number": inv.tracking_number,
-                 "despatched_at": _iso_z(inv.issued) if inv.issued else ""}
+                 "tracking_url": inv.tracking_url, "despatched_at": _iso_z(inv.issued) if inv.issued else ""}
         out.append({k: v for k, v in entry.items() if v})
     return out
 

@@ -67,7 +67,13 @@ def _gross(item: StockItem, mapping: Mapping) -> Decimal | None:
     if item.sell_price is None:
         return None
     unit = penny(mapping.products.currency)
+    # SELL_PRICE_NET -1: the price excludes VAT; 0: it includes it. Not sent: net (KC's default).
+    price_is_net = item.sell_price_is_net is not False
     if mapping.products.price == "net" or item.vat_rate is None:
+        if mapping.products.price == "net" and not price_is_net and item.vat_rate is not None:
+            return (item.sell_price * 100 / (100 + item.vat_rate)).quantize(unit, rounding=ROUND_HALF_UP)
+        return item.sell_price.quantize(unit, rounding=ROUND_HALF_UP)
+    if not price_is_net:
         return item.sell_price.quantize(unit, rounding=ROUND_HALF_UP)
     return (item.sell_price * (100 + item.vat_rate) / 100).quantize(unit, rounding=ROUND_HALF_UP)
 
@@ -88,6 +94,10 @@ def _attributes(item: StockItem, mapping: Mapping) -> list[Attribute]:
     if rules.manufacturer_attribute and item.manufacturer.strip() and slug(item.manufacturer):
         out.append(Attribute(type=rules.manufacturer_attribute, id=slug(item.manufacturer),
                              label=item.manufacturer.strip()))
+    for level, type_ in rules.stock_type_attributes.items():
+        value = getattr(item, level).strip()
+        if value and slug(value):
+            out.append(Attribute(type=type_, id=slug(value), label=value))
     if item.scs is not None and item.is_variant:
         for part, type_ in rules.scs_attributes.items():
             value = getattr(item.scs, part)
@@ -118,6 +128,7 @@ def map_stock_item(item: StockItem, version: int, mapping: Mapping) -> Outcome:
         outcome.record = Product(
             id=pid, title=title, sku=item.stock_code or None, url=url, image_url=image_url, price=price,
             currency=rules.currency if price is not None else None, is_active=not item.deleted,
+            is_in_stock=None if item.stock_status is None else item.stock_status in rules.in_stock_statuses,
             is_variant=variant, attributes=_attributes(item, mapping) or None, listings=listings or None,
         )
     except ValidationError as exc:

@@ -75,7 +75,10 @@ class Consent(_Section):
     """KC's consent fields to ``marketing_optin``. Opt-out always wins; opt-in is never inferred."""
 
     mailing_status: dict[int, Decision] = Field(
-        default_factory=lambda: {1: "opt_in", 2: "opt_in", 3: "opt_in", 5: "opt_out"},
+        # The vendor's default list (KSDXMLCustomer.xml): 1-3 our use, 4-5 catalogues or order
+        # correspondence only, 6 do not use, 7 gone away, 8 deceased.
+        default_factory=lambda: {1: "opt_in", 2: "opt_in", 3: "opt_in", 4: "opt_out", 5: "opt_out", 6: "opt_out",
+                                 7: "opt_out", 8: "opt_out"},
         description="the site's company MAILING_STATUS ids")
     email_subscribe_true: Decision = "opt_in"
     email_subscribe_false: Decision = "opt_out"
@@ -235,6 +238,19 @@ class Products(_Section):
         default_factory=lambda: {"colour": "colour", "size": "size"})
     listings: list[ListingRule] = Field(default_factory=list)
     flag_incomplete: bool = True
+    in_stock_statuses: list[int] = Field(
+        default_factory=lambda: [0, 5],
+        description="ExportStockStatus STATUS values that mean 'can be bought' (0 in stock, 5 not stock controlled)")
+    stock_type_attributes: dict[Literal["stock_top_type", "stock_type", "stock_mid_type", "stock_sub_type"], str] = \
+        Field(default_factory=dict, description="KC stock type level -> attribute type")
+
+    @field_validator("in_stock_statuses")
+    @classmethod
+    def _statuses(cls, v: list[int]) -> list[int]:
+        wrong = [s for s in v if not 0 <= s <= 5]
+        if wrong:
+            raise ValueError(f"KC stock STATUS values are 0-5, not {wrong}")
+        return v
 
     @field_validator("currency")
     @classmethod

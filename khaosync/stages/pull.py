@@ -115,6 +115,7 @@ def read_document(entity: str, document: bytes) -> tuple[list[kparse.Parsed], li
     payloads that carry no key at all.
     """
     parser, tag, root = DOCUMENTS[entity]
+    document = kparse.redact_document(document)
     try:
         return list(parser(document)), []
     except kparse.DocumentError as whole:

@@ -303,14 +303,15 @@ def test_folder_stock_and_credit_notes(folder: Path) -> None:
 def test_folder_merges_order_status_into_sales_orders(folder: Path) -> None:
     parsed = list(ExportFolder(folder).sales_orders())
     assert [(p.entity, p.key) for p in parsed] == [
-        ("sales_order", "2075"), ("sales_order", "2076"), ("order_status", "9999")]
-    merged = parsed[0]
+        ("sales_order", "2075"), ("sales_order", "2076"), ("order_status", "SO09999")]
+    merged = parsed[0]  # matched by SORDER_CODE: the vendor's status names no internal id
     assert isinstance(merged.record, SalesOrder)
-    assert merged.record.status == "PartialShip"
+    assert (merged.record.status, merged.record.complete) == ("PartialShip", False)
     assert [i.invoice_code for i in merged.record.invoices] == ["INV106", "INV107"]
+    assert merged.record.invoices[0].tracking_url == "https://track.dpd.co.uk/parcels/JD0002211"
     assert merged.problems == []
     assert merged.raw.startswith(b"<SALES_ORDER>") and merged.raw.endswith(b"</ORDER_STATUS>")
-    assert b"</SALES_ORDER>\n<ORDER_STATUS>" in merged.raw
+    assert b"</SALES_ORDER>\n<!-- ExportOrderStatusEx -->\n<ORDER_STATUS " in merged.raw
     assert parsed[1].record.status is None  # no status exported for it
     # A status whose order is not in the folder is not dropped.
     orphan = parsed[2]
@@ -371,4 +372,4 @@ def test_a_caller_can_salvage_broken_files(folder: Path) -> None:
     parsed = list(ExportFolder(folder, read_xml=forgiving).companies())
     assert seen == ["company", "company", "company"]
     assert reasons(parsed[8])[0].startswith("refused: the document declares a DTD")
-    assert [p.key for p in ExportFolder(folder, read_xml=forgiving).sales_orders()] == ["2075", "2076", "9999"]
+    assert [p.key for p in ExportFolder(folder, read_xml=forgiving).sales_orders()] == ["2075", "2076", "SO09999"]

@@ -62,13 +62,13 @@ def test_keys_are_the_stable_ids_as_text() -> None:
     assert company().key == "1001"
     assert StockItem(stock_id=301, stock_code="TEE-RED-M").key == "301"
     assert sales_order().key == "2075"
-    assert OrderStatus(sorder_id=2075, status="Complete").key == "2075"
+    assert OrderStatus(sorder_code="SO02075", status="Complete").key == "SO02075"  # the status names no id
     assert CreditNote(credit_id=5001, total=Decimal("1.00")).key == "5001"
 
 
 def test_entity_names() -> None:
     assert {cls.ENTITY for cls in RECORD_TYPES.values()} == {
-        "company", "stock_item", "sales_order", "order_status", "credit_note"}
+        "company", "stock_item", "stock_status", "sales_order", "order_status", "credit_note"}
     assert RECORD_TYPES["sales_order"] is SalesOrder
     assert sales_order().ENTITY == "sales_order"
 
@@ -170,8 +170,9 @@ def test_canonical_json_sorts_keys_at_every_level() -> None:
 
 
 # A golden value: the hash must not change between runs, machines or Python versions, or
-# every staged record would look changed after an upgrade.
-GOLDEN_HASH = "51a98d4e9eb5c0bf29b8059da45fbbdd3fefffcd398b732373ee9cad6cf8556b"
+# every staged record would look changed after an upgrade. (It changed once, on purpose, when
+# the records took the vendor documents' fields: one new version per record on the next pull.)
+GOLDEN_HASH = "663ac20d6a3e8b3d2ccab52e1815b5f35560f28226e7a7a58842044ccab6b9e2"
 
 
 def test_content_hash_is_the_sha256_of_canonical_json() -> None:

@@ -120,15 +120,15 @@ def test_stock_items_from_the_contract() -> None:
     assert (v.stock_id, v.stock_code, v.parent_id, v.parent_code, v.other_ref) == (301, "TEE-RED-M", 300, "TEE",
                                                                                  "SUP-123")
     assert (v.description, v.sell_price, v.vat_rate, v.deleted, v.stock_type, v.manufacturer) == (
-        "Tee, red, M", Decimal("12.50"), Decimal("20"), False, 1, "Acme")
+        "Tee, red, M", Decimal("12.50"), Decimal("20"), False, "1", "Acme")
     assert str(v.sell_price) == "12.50"
     assert v.barcodes == ["5012345678900"]
     assert v.user_defined == {"COLOUR_FAMILY": "Red"}
     assert v.images == ["tee-red.jpg"]
-    assert (v.scs.style, v.scs.colour, v.scs.size) == ("TEE", "Red", "M")
+    assert v.scs is None  # SCS levels come in a parent's tree (test_vendor_documents.py), not on a child
     assert v.is_variant and not parent.record.is_variant
     assert parent.record.parent_id is None and parent.record.parent_code is None and parent.record.scs is None
-    assert mug.record.deleted is True and mug.record.scs is None  # an SCS of empty children is no SCS
+    assert mug.record.deleted is True and mug.record.scs is None
     assert bad.record is None and bad.key == "303"
     assert reasons(bad) == ["SELL_PRICE: not a decimal: '12,50'"]
 
@@ -165,29 +165,7 @@ def test_dst_edge_datetimes_in_a_parsed_order() -> None:
     assert o.lines[1].discount == Decimal("0")  # <KSD_DISCOUNT/>: no discount
 
 
-def test_order_status_from_the_contract() -> None:
-    status, unknown = list(parse_order_statuses(fixture("order_statuses.xml")))
-    s = status.record
-    assert isinstance(s, OrderStatus) and status.problems == []
-    assert (s.sorder_id, s.sorder_code, s.associated_ref, s.status) == (2075, "SO02075", "WEB-100231", "PartialShip")
-    shipped, picking = s.invoices
-    assert (shipped.invoice_id, shipped.invoice_code, shipped.stage_id, shipped.stage_desc) == (
-        40001, "INV106", 16, "Issue Invoices")
-    assert shipped.issued == datetime(2026, 10, 2, 13, 0, tzinfo=UTC)
-    assert (shipped.consignment_ref, shipped.courier_code, shipped.courier_name, shipped.tracking_number) == (
-        "CN-8812", "24HR", "Metapack 24Hr", "JD0002211")
-    assert [(i.sorder_item_id, i.stock_code, i.qty) for i in shipped.items] == [(90001, "TEE-RED-M", Decimal("1"))]
-    assert picking.issued is None and picking.tracking_number == ""
-    assert unknown.record is not None
-    assert reasons(unknown) == [
-        "status: 'Shipped' is not one of Cancelled, Complete, PartialShip, Received, Shipping"]
-
-
-def test_order_status_accepts_status_as_the_element_name() -> None:
-    doc = (b"<ORDER_STATUSES><ORDER_STATUS><SORDER_ID>1</SORDER_ID><STATUS>Complete</STATUS></ORDER_STATUS>"
-           b"</ORDER_STATUSES>")
-    [p] = list(parse_order_statuses(doc))
-    assert p.record.status == "Complete" and p.problems == []
+# Order statuses in the vendor's shape: tests/khaos/test_vendor_documents.py.
 
 
 # -- problems, one kind at a time ------------------------------------------------------

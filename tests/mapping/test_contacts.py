@@ -83,9 +83,9 @@ def test_customer_id_can_be_the_contact():
 
 
 def test_unknown_mailing_status_is_a_consent_gap_and_no_opt_in():
-    outcomes, findings = map_company(company(mailing_status=6), 1, DEFAULT, SharedEmails())
+    outcomes, findings = map_company(company(mailing_status=9), 1, DEFAULT, SharedEmails())
     assert [f.type for f in findings] == ["consent_gap"]
-    assert findings[0].records == ("company:1075",) and "MAILING_STATUS 6" in findings[0].reason
+    assert findings[0].records == ("company:1075",) and "MAILING_STATUS 9" in findings[0].reason
     assert outcomes[0].record.marketing_optin is None
 
 

@@ -5,6 +5,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+
+from khaosync.sandbox.world import World
 import pytest
 
 from khaosync.config import sandbox_profile
@@ -224,12 +226,18 @@ def test_file_source_stages_the_same_records_as_soap(tmp_path, sandbox):
     exports.mkdir()
     since = datetime(2000, 1, 1, tzinfo=timezone.utc)
     (exports / "companies.xml").write_bytes(client.export_company(client.get_company_list(since)))
-    (exports / "stock.xml").write_bytes(client.export_stock([c for c, _ in client.get_stock_list(since)]))
-    orders = client.export_orders(since, datetime(2100, 1, 1, tzinfo=timezone.utc), by="updated")
+    stock_codes = [c for c, _ in client.get_stock_list(since)]
+    (exports / "stock.xml").write_bytes(client.export_stock(stock_codes))
+    (exports / "stock_status.xml").write_bytes(client.export_stock_status(stock_codes))
+    world = World(sandbox, create=False)
+    codes = [d["sorder_code"] for d in world.iter("sales_order")]
+    world.close()
+    # One export per order code, as KC's ExportOrders answers, gathered into one file.
+    parts = [client.export_orders(code) for code in codes]
+    orders = b"<SALES_ORDERS>" + b"".join(
+        p.removeprefix(b"<SALES_ORDERS>").removesuffix(b"</SALES_ORDERS>") for p in parts) + b"</SALES_ORDERS>"
     (exports / "sales_orders.xml").write_bytes(orders)
-    from khaosync.khaos.parse import parse_sales_orders
-    ids = [p.key for p in _safe(parse_sales_orders, orders) if p.key]
-    (exports / "order_status.xml").write_bytes(client.export_order_status(ids, mapping_type=5))
+    (exports / "order_status.xml").write_bytes(client.export_order_status(codes, mapping_type=3))
     shutil.copy(sandbox / "exports" / "credit_notes.csv", exports / "credit_notes.csv")
 
     (tmp_path / "files").mkdir()
