@@ -373,10 +373,10 @@ def check_identity_and_consent_faults(folder: Path, faults: dict, docs: dict) ->
         assert not EMAIL.match(contact(docs, entry["company_id"], entry["contact_id"])["email"])
     assert all(docs["company"][key]["contacts"] == [] for key in faults["company_without_contacts"])
     assert faults["consent_opted_out"] == sorted(k for k in faults["consent_opted_out"])
-    assert all(docs["company"][key]["mailing_status"] == 5 for key in faults["consent_opted_out"])
+    assert all(docs["company"][key]["mailing_status"] == 6 for key in faults["consent_opted_out"])  # "do not use"
     assert all(docs["company"][key]["mailing_status"] is None for key in faults["consent_blank"])
     statuses = {c["mailing_status"] for c in docs["company"].values()}
-    assert statuses >= {1, 2, 3, 5, None}
+    assert statuses >= {1, 2, 3, 6, None}
     assert {p["email_subscribe"] for c in docs["company"].values() for p in c["contacts"]} == {True, False, None}
 
 
@@ -603,7 +603,7 @@ def test_advance_despatches_waiting_orders_and_raises_refunds(advanced):
     assert {"full", "partial"} <= {"full" if n["total"] == after["sales_order"][n["sorder_id"]]["order_amount"]
                                    else "partial" for n in new_notes}
     opted_out = [k for k in summary["changed"]["company"] if k in before["company"]]
-    assert opted_out and all(after["company"][k]["mailing_status"] == 5 for k in opted_out)
+    assert opted_out and all(after["company"][k]["mailing_status"] == 6 for k in opted_out)
 
 
 def test_advance_renames_a_stock_code_now_and_then(tmp_path, sandbox):
