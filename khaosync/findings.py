@@ -40,6 +40,11 @@ TYPES: dict[str, ExceptionType] = {t.name: t for t in [
                   "a mapped record over Ometria's 60 KB record limit: held, never sent"),
     ExceptionType("unmapped_value", "warn", "integration",
                   "an ERP code the mapping file does not list (an invoice stage id): handled as docs/mappings.md says"),
+    ExceptionType("conflicting_exports", "warn", "integration",
+                  "one record in two export files with different content: the one KC changed last is kept "
+                  "(by its own change time; by file name when it has none)"),
+    ExceptionType("unmatched_order_status", "warn", "integration",
+                  "an order status in an export folder whose sales order is not there"),
     ExceptionType("ometria_only_order", "info", "ecommerce",
                   "an order Ometria holds that no KC sales order explains (a storefront order that never reached "
                   "the ERP); counted in Ometria's revenue, not in the ERP's"),

@@ -65,7 +65,7 @@ import io
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -234,6 +234,7 @@ class _Table:
     header: list[str]
     spool: sqlite3.Connection
     index: dict[str, int]  # our field -> column position, for the columns present
+    bad: list[tuple[int, str, str]] = field(default_factory=list)  # rows that are not delimited text: (line, text, why)
 
     def rows(self) -> Iterator[tuple[int, list[str]]]:
         """Every data row in file order, a page at a time."""
@@ -288,6 +289,44 @@ def _lines(chunks: Iterable[str]) -> Iterator[str]:
         yield rest
 
 
+# A quoted field may hold newlines; one whose quote never closes would swallow the rest of the
+# file, so a record is given up on (its first line rejected, reading resumes after it) once it
+# spans this many lines or characters.
+_MAX_RECORD_LINES = 64
+_MAX_RECORD_CHARS = csv.field_size_limit()
+
+
+def _records(lines: Iterable[str], delimiter: str) -> Iterator[tuple[int, str, list[str], str | None]]:
+    """(first physical line, text, cells, error) per record: one bad row never costs the others."""
+    source = enumerate(lines, 1)
+    pushback: list[tuple[int, str]] = []
+
+    def take() -> tuple[int, str] | None:
+        return pushback.pop(0) if pushback else next(source, None)
+
+    while (item := take()) is not None:
+        start, first = item
+        pending = [first]
+        text = first
+        while text.count('"') % 2 == 1 and len(pending) < _MAX_RECORD_LINES and len(text) < _MAX_RECORD_CHARS:
+            more = take()
+            if more is None:
+                break
+            pending.append(more[1])
+            text += more[1]
+        if text.count('"') % 2 == 1:
+            # A quote that never closes: reject the first line only, and read the others again.
+            pushback = [(start + i, line) for i, line in enumerate(pending[1:], 1)] + pushback
+            yield start, first.rstrip("\r\n"), [], "unbalanced quote: a quoted field never closes"
+            continue
+        try:
+            cells = next(csv.reader([text], delimiter=delimiter, strict=True), [])
+        except csv.Error as exc:
+            yield start, text.rstrip("\r\n"), [], f"not readable as delimited text: {exc}"
+            continue
+        yield start, text, cells, None
+
+
 def _sniff_delimiter(path: Path, first_line: str) -> str:
     if path.suffix.lower() == ".tsv":
         return "\t"
@@ -322,15 +361,20 @@ def _read_table(path: Path, columns: ColumnMap, entity_columns: _Columns, requir
         spool = sqlite3.connect("", check_same_thread=False)  # "": a private temporary database on disk
         spool.execute("CREATE TABLE row (line INTEGER PRIMARY KEY, cells TEXT NOT NULL, key TEXT)")
         header: list[str] | None = None
-        reader = csv.reader(_lines(_text_chunks(path, columns.encoding)), delimiter=delimiter, strict=True)
         batch: list[tuple[int, str]] = []
-        for cells in reader:
+        bad: list[tuple[int, str, str]] = []
+        for line, text, cells, error in _records(_lines(_text_chunks(path, columns.encoding)), delimiter):
+            if error is not None:
+                if header is None:
+                    raise csv.Error(f"line {line}: {error}")
+                bad.append((line, text, error))  # this row alone; the rest of the file is read
+                continue
             if not any(cell.strip() for cell in cells):
                 continue  # blank lines carry nothing
             if header is None:
                 header = [cell.strip() for cell in cells]
                 continue
-            batch.append((reader.line_num, json.dumps(cells)))  # the physical line, even after a quoted newline
+            batch.append((line, json.dumps(cells)))  # the physical line, even after a quoted newline
             if len(batch) >= 1000:
                 spool.executemany("INSERT INTO row(line, cells) VALUES (?, ?)", batch)
                 batch = []
@@ -355,7 +399,7 @@ def _read_table(path: Path, columns: ColumnMap, entity_columns: _Columns, requir
             f"missing column(s) {', '.join(map(repr, missing))} (header: {', '.join(map(repr, header))})",
             source=str(path),
         )
-    return _Table(path, delimiter, header, spool, index)
+    return _Table(path, delimiter, header, spool, index, bad)
 
 
 class _Row:
@@ -561,7 +605,16 @@ def read_credit_notes(path: Path, columns: ColumnMap | None = None) -> Iterator[
     return _credit_notes(table, columns)
 
 
+def _bad_rows(table: _Table, entity: str) -> Iterator[Parsed]:
+    """Each row that is not delimited text, kept as the bytes it was (with the header)."""
+    header = table.delimiter.join(table.header)
+    for line, text, why in table.bad:
+        raw = (header + "\n" + text + "\n").encode("utf-8")
+        yield Parsed(entity, None, raw, None, [problem(entity, None, f"{table.path.name} line {line}: {why}")])
+
+
 def _credit_notes(table: _Table, columns: ColumnMap) -> Iterator[Parsed]:
+    yield from _bad_rows(table, CreditNote.ENTITY)
     for key, rows, errors in _groups(table, "credit_id", columns.credit_note.credit_id):
         if key is None:
             yield Parsed(CreditNote.ENTITY, None, table.raw(rows), None,
@@ -647,6 +700,7 @@ def read_customers(path: Path, columns: ColumnMap | None = None) -> Iterator[Par
 
 
 def _customers(table: _Table, columns: ColumnMap) -> Iterator[Parsed]:
+    yield from _bad_rows(table, Company.ENTITY)
     for key, rows, errors in _groups(table, "company_id", columns.customer.company_id):
         if key is None:
             problems = [problem(Company.ENTITY, None, e) for e in errors]
@@ -698,12 +752,30 @@ class ExportFolder:
     content hash tells whether they differ.
     """
 
-    def __init__(self, folder: Path, columns: ColumnMap | None = None, read_xml: XmlReader | None = None):
+    def __init__(self, folder: Path, columns: ColumnMap | None = None, read_xml: XmlReader | None = None,
+                 keep_broken_files: bool = False):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ConfigError(f"export folder {self.folder}: not a folder")
         self.columns = columns or ColumnMap()
         self.read_xml = read_xml or strict_xml
+        # False: a file that cannot be read raises DocumentError naming it. True (pull): it is
+        # yielded as one keyless record holding the file's bytes and the reason, and every
+        # other file is still read: one broken export never hides the next.
+        self.keep_broken_files = keep_broken_files
+
+    def _each(self, entity: str, paths: list[Path], read: Callable[[Path], Iterable[Parsed]]) -> Iterator[Parsed]:
+        for path in paths:
+            try:
+                yield from read(path)
+            except DocumentError as exc:
+                if not self.keep_broken_files:
+                    raise
+                try:
+                    raw = path.read_bytes()
+                except OSError:
+                    raw = str(exc).encode("utf-8")
+                yield Parsed(entity, None, raw, None, [problem(entity, None, f"unreadable export file: {exc}")])
 
     def files(self, *patterns: str) -> list[Path]:
         """Files matching any of the patterns, ignoring case (Windows exports), in name order."""
@@ -715,37 +787,35 @@ class ExportFolder:
 
     def companies(self) -> Iterator[Parsed]:
         """``companies*.xml`` (``<COMPANYS>``), then ``customers*.csv|tsv`` reports, through the column map."""
-        for path in self.files("companies*.xml"):
-            yield from _from_file(path, "company", self.read_xml)
-        for path in self.files("customers*.csv", "customers*.tsv"):
-            yield from read_customers(path, self.columns)
+        yield from self._each("company", self.files("companies*.xml"),
+                              lambda path: _from_file(path, "company", self.read_xml))
+        yield from self._each("company", self.files("customers*.csv", "customers*.tsv"),
+                              lambda path: read_customers(path, self.columns))
 
     def stock_items(self) -> Iterator[Parsed]:
         """``stock*.xml`` (``<STOCK_ITEMS>``) with ``stock_status*.xml`` (``<STOCK_STATUS>``)
         attached by stock code; a stock status export is never read as stock."""
         statuses: dict[str, Parsed] = {}
-        for path in self.files("stock_status*.xml"):
-            for parsed in _from_file(path, "stock_status", self.read_xml):
-                if parsed.record is None or parsed.key is None:
-                    yield parsed  # its problems say why; there is nothing to attach
-                else:
-                    statuses[parsed.key] = parsed
-        for path in self.files("stock*.xml"):
-            if path.name.lower().startswith("stock_status"):
-                continue
-            for parsed in _from_file(path, "stock_item", self.read_xml):
-                status = statuses.get(parsed.record.stock_code) if isinstance(parsed.record, StockItem) else None
-                if status is None:
-                    yield parsed
-                else:
-                    yield Parsed(parsed.entity, parsed.key, attach.stock_raw(parsed.raw, status.raw),
-                                 attach.with_stock_status(parsed.record, status.record),
-                                 [*parsed.problems, *status.problems])
+        for parsed in self._each("stock_item", self.files("stock_status*.xml"),
+                                 lambda path: _from_file(path, "stock_status", self.read_xml)):
+            if parsed.record is None or parsed.key is None:
+                yield parsed  # its problems say why; there is nothing to attach
+            else:
+                statuses[parsed.key] = parsed
+        stock_files = [p for p in self.files("stock*.xml") if not p.name.lower().startswith("stock_status")]
+        for parsed in self._each("stock_item", stock_files, lambda path: _from_file(path, "stock_item", self.read_xml)):
+            status = statuses.get(parsed.record.stock_code) if isinstance(parsed.record, StockItem) else None
+            if status is None:
+                yield parsed
+            else:
+                yield Parsed(parsed.entity, parsed.key, attach.stock_raw(parsed.raw, status.raw),
+                             attach.with_stock_status(parsed.record, status.record),
+                             [*parsed.problems, *status.problems])
 
     def order_statuses(self) -> Iterator[Parsed]:
         """``order_status*.xml`` (``<STATUS_LIST>``), unmerged."""
-        for path in self.files("order_status*.xml"):
-            yield from _from_file(path, "order_status", self.read_xml)
+        yield from self._each("order_status", self.files("order_status*.xml"),
+                              lambda path: _from_file(path, "order_status", self.read_xml))
 
     def sales_orders(self) -> Iterator[Parsed]:
         """``sales_orders*.xml`` with ``order_status*.xml`` attached by ``SORDER_CODE``.
@@ -764,14 +834,14 @@ class ExportFolder:
                 yield parsed  # its problems say why; there is nothing to merge
             elif parsed.duplicate != "identical":  # an identical copy says nothing new
                 statuses[parsed.key] = parsed
-        for path in self.files("sales_orders*.xml"):
-            for parsed in _from_file(path, "sales_order", self.read_xml):
-                code = parsed.record.sorder_code if isinstance(parsed.record, SalesOrder) else None
-                status = statuses.pop(code, None) if code else None
-                if status is None:
-                    yield parsed
-                else:
-                    yield _merge(parsed, status)
+        for parsed in self._each("sales_order", self.files("sales_orders*.xml"),
+                                 lambda path: _from_file(path, "sales_order", self.read_xml)):
+            code = parsed.record.sorder_code if isinstance(parsed.record, SalesOrder) else None
+            status = statuses.pop(code, None) if code else None
+            if status is None:
+                yield parsed
+            else:
+                yield _merge(parsed, status)
         for key, status in statuses.items():
             missing = problem(OrderStatus.ENTITY, key, f"sorder_code {key}: no usable sales order in {self.folder}",
                               kind="unmatched_order_status")
@@ -779,8 +849,8 @@ class ExportFolder:
 
     def credit_notes(self) -> Iterator[Parsed]:
         """``credit_notes*.csv|tsv`` reports, through the column map."""
-        for path in self.files("credit_notes*.csv", "credit_notes*.tsv"):
-            yield from read_credit_notes(path, self.columns)
+        yield from self._each("credit_note", self.files("credit_notes*.csv", "credit_notes*.tsv"),
+                              lambda path: read_credit_notes(path, self.columns))
 
 
 def _merge(order: Parsed, status: Parsed) -> Parsed:

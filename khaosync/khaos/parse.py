@@ -189,6 +189,45 @@ def _defused_parser(target: object) -> DefusedXMLParser:
     return DefusedXMLParser(target=target, forbid_dtd=True, forbid_entities=True, forbid_external=True)
 
 
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+         (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+_DECLARATION_TEXT = re.compile(r"^\s*<\?xml[^>]*?\?>")
+_DECLARED_ENCODING = re.compile(r"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def as_utf8(doc: bytes) -> bytes:
+    """The document as UTF-8, whatever its byte-order mark or XML declaration says it is in
+    (a Windows export may be UTF-16 with a BOM, or windows-1252): every later step, salvage
+    included, then reads one encoding. The declaration is dropped, since it would now lie.
+    A document that does not decode as it says is returned as it is, for the parser to refuse
+    by name. Plain UTF-8 (the usual case) is returned untouched, at no cost."""
+    if not isinstance(doc, (bytes, bytearray)):
+        return doc
+    encoding = None
+    body = bytes(doc)
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            encoding, body = name, body[len(bom):]
+            break
+    if encoding is None:
+        if body[:2] in (b"<\x00", b"\x00<"):
+            encoding = "utf-16-le" if body[:1] == b"<" else "utf-16-be"
+        else:
+            head = body[:200]
+            declared = _XML_DECL.match(head)
+            if declared is None or declared.group(1).lower().replace(b"_", b"-") in (b"utf-8", b"utf8"):
+                return body
+            encoding = declared.group(1).decode("ascii")
+    try:
+        text = body.decode(encoding)
+    except (UnicodeDecodeError, LookupError):
+        return bytes(doc)
+    match = _DECLARATION_TEXT.match(text)
+    if match:
+        text = text[match.end():]
+    return text.encode("utf-8")
+
+
 def check_document(doc: bytes, root_tag: str | None = None) -> None:
     """Raise ``DocumentError`` unless ``doc`` is well-formed, safe XML in a known encoding
     (and, if ``root_tag`` is given, has that root element)."""
@@ -1050,6 +1089,7 @@ def build_record(model: type[ErpRecord], key: str | None, raw: bytes, fields: di
 
 
 def _parse_document(doc: bytes, kind: _Kind) -> Iterator[Parsed]:
+    doc = as_utf8(doc)
     check_document(doc, kind.root)  # raises now, before the caller sees a single record
     return _parsed_records(doc, kind)
 
@@ -1113,6 +1153,7 @@ def _root_attributes(doc: bytes) -> dict[str, str]:
 def parse_stock_statuses(doc: bytes) -> Iterator[Parsed]:
     """``<STOCK_STATUS SITE=...>`` (ExportStockStatus) -> one ``Parsed`` per ``<STOCK_ITEM>``,
     record a ``StockStatus`` keyed on its ``CODE``."""
+    doc = as_utf8(doc)
     check_document(doc, "STOCK_STATUS")
     site = (_root_attributes(doc).get("SITE") or "").strip()
     kind = _Kind("stock_status", "STOCK_STATUS", "STOCK_ITEM", StockStatus, lambda e: _stock_status(e, site),
@@ -1163,6 +1204,6 @@ __all__ = [
     "company_problems",
     "expected_order_amount", "is_currency", "is_email", "minor_units", "order_status_problems",
     "parse_companies", "parse_company_list", "parse_order_statuses", "parse_sales_orders", "parse_stock_items",
-    "parse_stock_statuses", "stock_status_problems", "derived_status", "redact_document",
+    "parse_stock_statuses", "stock_status_problems", "derived_status", "redact_document", "as_utf8",
     "parse_stock_list", "problem", "sales_order_problems", "show", "stock_item_problems", "validation_reasons",
 ]

@@ -26,7 +26,7 @@ from khaosync.errors import RecordError
 from khaosync.findings import owner_of, severity_of
 from khaosync.khaos import attach
 from khaosync.khaos import parse as kparse
-from khaosync.khaos.models import OrderStatus, SalesOrder, StockItem, canonical_json, content_hash
+from khaosync.khaos.models import RECORD_TYPES, OrderStatus, SalesOrder, StockItem, canonical_json, content_hash
 from khaosync.khaos.salvage import cut, wrap
 from khaosync.store import StateStore
 from khaosync.store import staging
@@ -51,7 +51,7 @@ class Batch:
     the bookmark position that is safe once this batch (and all before it) is committed."""
 
     parsed: list[kparse.Parsed] = field(default_factory=list)
-    rejected: list[tuple[str | None, str, bytes]] = field(default_factory=list)  # (key, reason, raw)
+    rejected: list[tuple] = field(default_factory=list)  # (key, reason, raw[, exception type: malformed_record])
     position: datetime | None = None
     listed: int = 0
     code_position: str | None = None  # orders: the highest sales order code now safe
@@ -115,7 +115,7 @@ def read_document(entity: str, document: bytes) -> tuple[list[kparse.Parsed], li
     payloads that carry no key at all.
     """
     parser, tag, root = DOCUMENTS[entity]
-    document = kparse.redact_document(document)
+    document = kparse.redact_document(kparse.as_utf8(document))
     try:
         return list(parser(document)), []
     except kparse.DocumentError as whole:
@@ -537,7 +537,11 @@ class FileSource:
         from khaosync.khaos.files import ExportFolder
 
         self._rejected: list[tuple[str | None, str, bytes]] = []
-        self.export = ExportFolder(folder, columns, read_xml=self._salvaging_reader)
+        self.export = ExportFolder(folder, columns, read_xml=self._salvaging_reader, keep_broken_files=True)
+        self.store: StateStore | None = None
+
+    def bind(self, store: StateStore) -> None:
+        self.store = store
 
     def _salvaging_reader(self, entity: str, document: bytes) -> Iterator[kparse.Parsed]:
         """Broken export files are salvaged record by record, as SOAP answers are."""
@@ -554,22 +558,62 @@ class FileSource:
         }[entity]
         high: datetime | None = None
         batch: list[kparse.Parsed] = []
-        try:
-            for p in reader():
-                batch.append(p)
-                if len(batch) >= self.BATCH:
-                    high = _later(high, _position_of(batch))
-                    yield Batch(parsed=batch, rejected=self._take_rejected(), listed=len(batch))
-                    batch = []
-        except kparse.DocumentError as exc:
-            # A CSV that cannot be read at all (missing columns, invalid UTF-8): keep its name and reason.
-            self._rejected.append((None, f"unreadable export file: {exc}", str(exc).encode()))
+        seen: dict[str, tuple[datetime | None, str]] = {}
+        # Each file is read, and fails, on its own (ExportFolder keeps a broken one as a payload).
+        for p in reader():
+            p = self._in_change_order(entity, p, seen)
+            if p is None:
+                continue
+            batch.append(p)
+            if len(batch) >= self.BATCH:
+                high = _later(high, _position_of(batch))
+                yield Batch(parsed=batch, rejected=self._take_rejected(), listed=len(batch))
+                batch = []
         high = _later(high, _position_of(batch))
         yield Batch(parsed=batch, rejected=self._take_rejected(), listed=len(batch), position=high)
+
+    def _in_change_order(self, entity: str, p: kparse.Parsed,
+                         seen: dict[str, tuple[datetime | None, str]]) -> kparse.Parsed | None:
+        """The same record in two files: the one KC changed last wins, whatever the file names
+        say. A copy older than what this run (or the store) already holds is not staged over
+        it; the disagreement is an exception. Without change times, the later file wins, and
+        different content is still an exception."""
+        if p.key is None or p.record is None:
+            return p
+        when = _change_time(p.record)
+        digest = content_hash(p.record)
+        earlier = seen.get(p.key)
+        in_this_run = earlier is not None
+        if earlier is None and self.store is not None:
+            staged = staging.current(self.store.conn, entity, p.key)
+            if staged is not None and staged.parsed is not None:
+                earlier = (_change_time(RECORD_TYPES[entity].model_validate(staged.parsed)), staged.content_hash)
+        seen.setdefault(p.key, (when, digest))
+        if earlier is None or earlier[1] == digest:
+            return p
+        older = when is not None and earlier[0] is not None and when < earlier[0]
+        if not older and not in_this_run:
+            return p  # a newer export than the last run's: an ordinary change
+        reason = (f"{entity} {p.key}: two exports disagree; "
+                  + (f"this copy (changed {when.isoformat()}) is older than the one held (changed "
+                     f"{earlier[0].isoformat()}), so it is not staged" if older else
+                     "the copy KC changed last is kept" if when is not None and earlier[0] is not None else
+                     "neither says when it changed, so the later file by name is kept"))
+        if older:
+            self._rejected.append((p.key, reason, p.raw, "conflicting_exports"))
+            return None
+        seen[p.key] = (when, digest)
+        conflict = RecordError(entity=entity, key=p.key, stage=STAGE, kind="conflicting_exports", reason=reason)
+        return kparse.Parsed(p.entity, p.key, p.raw, p.record, [*p.problems, conflict])
 
     def _take_rejected(self) -> list[tuple[str | None, str, bytes]]:
         taken, self._rejected = self._rejected, []
         return taken
+
+
+def _change_time(record) -> datetime | None:
+    """When KC last changed a record, where the record says so (credit notes: their issue)."""
+    return getattr(record, "last_updated", None) or getattr(record, "issued", None)
 
 
 def _position_of(parsed: list[kparse.Parsed]) -> datetime | None:
@@ -629,13 +673,16 @@ def _commit_batch(store: StateStore, run_id: int, entity: str, batch: Batch, res
                     run_id=run_id, type=problem.kind, severity=severity, owner=owner_of(problem.kind), stage=STAGE,
                     reason=problem.reason, records=[f"{entity}:{key or '?'}"], entity=entity, record_key=key,
                 )
-        for key, reason, raw in batch.rejected:
+        for item in batch.rejected:
+            key, reason, raw = item[:3]
+            kind = item[3] if len(item) > 3 else "malformed_record"
             staging.reject(conn, run_id=run_id, entity=entity, key=key, reason=reason, raw=raw, received_at=now)
             result.rejected += 1
-            found["malformed_record"] += 1
+            found[kind] += 1
+            fails += severity_of(kind) == "fail"
             store.record_exception(
-                run_id=run_id, type="malformed_record", severity=severity_of("malformed_record"),
-                owner=owner_of("malformed_record"), stage=STAGE, reason=reason,
+                run_id=run_id, type=kind, severity=severity_of(kind),
+                owner=owner_of(kind), stage=STAGE, reason=reason,
                 records=[f"{entity}:{key or 'payload:' + hashlib.sha256(raw).hexdigest()[:12]}"], entity=entity,
                 record_key=key,
             )
