@@ -40,6 +40,10 @@ TYPES: dict[str, ExceptionType] = {t.name: t for t in [
                   "a mapped record over Ometria's 60 KB record limit: held, never sent"),
     ExceptionType("unmapped_value", "warn", "integration",
                   "an ERP code the mapping file does not list (an invoice stage id): handled as docs/mappings.md says"),
+    ExceptionType("refund_exceeds_order", "fail", "finance",
+                  "a credit note refunds more than the order line (or the order) it is raised against: held"),
+    ExceptionType("unknown_customer", "warn", "crm",
+                  "an order whose customer Khaos Control never exported (or exported unreadable)"),
     ExceptionType("conflicting_exports", "warn", "integration",
                   "one record in two export files with different content: the one KC changed last is kept "
                   "(by its own change time; by file name when it has none)"),

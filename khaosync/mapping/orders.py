@@ -354,8 +354,11 @@ def _status(despatch: Despatch, refunds: Refunds | None, grand_total: Decimal, m
 
 def map_sales_order(order: SalesOrder, version: int, mapping: Mapping, *, catalogue: Catalogue,
                     customer: CustomerRef | None = None, credit_notes: list[tuple[CreditNote, int]] = (),
-                    already_mapped: bool = False) -> Outcome | None:
-    """One sales order -> one Ometria order; None when it has not reached its trigger yet."""
+                    already_mapped: bool = False, customer_known: bool = True) -> Outcome | None:
+    """One sales order -> one Ometria order; None when it has not reached its trigger yet.
+
+    ``customer_known`` False: the order's company is not a readable staged record (KC never
+    exported it, or it was unreadable): an ``unknown_customer`` finding."""
     key = order.key
     records = (f"sales_order:{key}",)
     despatch = despatch_state(order, mapping)
@@ -393,6 +396,22 @@ def map_sales_order(order: SalesOrder, version: int, mapping: Mapping, *, catalo
 
     refunds, refund_findings = gather_refunds(order, [note for note, _ in credit_notes])
     outcome.findings += refund_findings
+    over = [(i, refunds.value[i], moneys[i].total) for i in sorted(refunds.value) if refunds.value[i] > moneys[i].total]
+    if over or (refunds.codes and order.order_amount is not None and refunds.total > order.order_amount):
+        said = "; ".join(f"line {i + 1} refunds {value} of its {total}" for i, value, total in over) or \
+            f"the credit notes refund {refunds.total} of an order of {order.order_amount}"
+        outcome.held_because(f"refund_exceeds_order: {said}")
+        outcome.findings.append(Finding(
+            "refund_exceeds_order", f"sales order {key}: {said} {order.currency}; held: Ometria would show "
+            f"negative revenue (credit notes {', '.join(refunds.codes)})",
+            (*records, *(f"credit_note:{note.key}" for note, _ in credit_notes)), "sales_order", key,
+            {"refunded": str(refunds.total), "order_amount": str(order.order_amount)}))
+    if not customer_known:
+        who = f"company_id {order.company_id}" if order.company_id is not None else "no company_id"
+        outcome.findings.append(Finding(
+            "unknown_customer", f"sales order {key}: its customer ({who}, code {order.company_code or '-'}) is not a "
+            "readable staged company: Ometria gets the order with an id only, no contact details",
+            records, "sales_order", key, {"company_id": order.company_id}))
     extra = spread(refunds.delivery + refunds.unplaced, [m.total for m in moneys], unit) if refunds.codes else []
 
     items: list[dict] = []  # validated once, with the order (LineItem's rules apply)

@@ -256,6 +256,13 @@ class _MapRun:
         self.write(outcomes, result, findings)
         self._tick("contacts", done, total)
 
+    def customer_known(self, order: SalesOrder) -> bool:
+        if order.company_id is None:
+            return False
+        return self.conn.execute(
+            "SELECT 1 FROM staged_record WHERE entity = 'company' AND key = ? AND current = 1 AND parsed IS NOT NULL",
+            (str(order.company_id),)).fetchone() is not None
+
     def customer(self, order: SalesOrder) -> CustomerRef | None:
         if order.contact_id is None:
             return None
@@ -320,6 +327,7 @@ class _MapRun:
                 result.staged += 1
                 outcome = map_sales_order(
                     order, staged.version, self.mapping, catalogue=self.catalogue, customer=self.customer(order),
+                    customer_known=self.customer_known(order),
                     credit_notes=self.credit_notes(order.sorder_id), already_mapped=("order", order.key) in stored)
                 if outcome is None:
                     result.not_sent += 1

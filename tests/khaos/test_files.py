@@ -163,9 +163,16 @@ def test_delimiter_is_sniffed_from_the_header(tmp_path: Path) -> None:
     assert p.problems == [] and p.record.lines[0].value == Decimal("5.00")
 
 
-def test_unbalanced_quotes_are_a_document_error(tmp_path: Path) -> None:
+def test_an_unbalanced_quote_rejects_its_row_alone(tmp_path: Path) -> None:
+    [bad] = list(read_credit_notes(write(tmp_path, "c.csv", HEADER + '\n1,"CN1,2\n')))
+    assert bad.record is None and bad.key is None
+    assert "c.csv line 2: unbalanced quote" in reasons(bad)[0]
+    assert bad.raw.endswith(b'1,"CN1,2\n')  # the row's bytes are kept, under the header
+
+
+def test_a_header_that_is_not_delimited_text_is_a_document_error(tmp_path: Path) -> None:
     with pytest.raises(DocumentError, match="not readable as delimited text"):
-        read_credit_notes(write(tmp_path, "c.csv", HEADER + '\n1,"CN1,2\n'))
+        read_credit_notes(write(tmp_path, "c.csv", '"CREDIT_ID' + "\n" * 70))
 
 
 # -- a site's own report layout, through YAML ----------------------------------------------

@@ -263,6 +263,29 @@ def test_a_credit_line_matching_no_order_line_is_still_counted():
     assert [f.type for f in outcome.findings] == ["malformed_record"]
 
 
+def test_a_credit_note_larger_than_its_line_is_an_exception_and_holds_the_order():
+    """9,999.99 refunded on a line of 14.99: Ometria would report negative revenue."""
+    outcome = mapped(order(), notes=[note(60010, [(2, 1, "9999.99")])])
+    assert outcome.hold and "refund_exceeds_order" in outcome.hold
+    [finding] = [f for f in outcome.findings if f.type == "refund_exceeds_order"]
+    assert "line 2 refunds 9999.99 of its 14.99" in finding.reason
+    assert set(finding.records) == {"sales_order:2038", "credit_note:60010"}
+
+
+def test_credit_notes_over_the_whole_order_are_an_exception():
+    outcome = mapped(order(), notes=[note(60011, delivery="500.00")])
+    assert outcome.hold and "refund_exceeds_order" in outcome.hold
+    assert [f.type for f in outcome.findings] == ["refund_exceeds_order"]
+
+
+def test_an_order_whose_customer_kc_never_exported_is_an_exception():
+    outcome = mapped(order(), customer_known=False)
+    assert outcome.hold is None and outcome.record is not None  # still sent, with the customer id only
+    [finding] = outcome.findings
+    assert finding.type == "unknown_customer" and "company_id 1015" in finding.reason
+    assert [f.type for f in mapped(order()).findings] == []
+
+
 def test_cancelled_wins_over_refunds():
     outcome = mapped(order(cancelled=True), notes=[note(60001, [(1, 1, "57.00")])], already_mapped=True)
     assert (outcome.record.status, outcome.record.is_valid) == ("cancelled", False)
