@@ -239,6 +239,22 @@ def find_contact(conn: sqlite3.Connection, record_id: str) -> dict | None:
     return json.loads(row[0]) if row else None
 
 
+def known(conn: sqlite3.Connection, record_type: str, collection: str, record_id: Any) -> bool:
+    """Does Ometria hold, or has it queued, a record with this identity? (Push-time: a partial
+    record for it is an update, not a creation.)"""
+    if not isinstance(record_id, str):
+        return False
+    if conn.execute("SELECT 1 FROM record WHERE type = ? AND collection = ? AND id = ?",
+                    (record_type, collection, record_id)).fetchone():
+        return True
+    row = conn.execute(
+        "SELECT 1 FROM queue WHERE type = ? AND json_extract(doc, '$.id') = ? "
+        "AND coalesce(json_extract(doc, '$.\"@collection\"'), '') = ? LIMIT 1",
+        (record_type, record_id, collection if record_type == "contact" else ""),
+    ).fetchone()
+    return row is not None
+
+
 def record_exists(conn: sqlite3.Connection, record_type: str, record_id: str) -> bool:
     row = conn.execute("SELECT 1 FROM record WHERE type = ? AND collection = '' AND id = ?", (record_type, record_id))
     return row.fetchone() is not None
