@@ -36,6 +36,7 @@ from khaosync.config import Profile
 from khaosync.errors import KhaosyncError
 from khaosync.findings import owner_of, severity_of
 from khaosync.ometria import wire
+from khaosync.ometria.blanks import stale_paths
 from khaosync.ometria.client import OmetriaClient, PushError
 from khaosync.ometria.errors import OmetriaRequestError
 from khaosync.store import StateStore, journal
@@ -480,6 +481,7 @@ class _PushRun:
         hashes = dict(wanted)
         verdicts: dict[str, list[str]] = {}  # id -> differing fields ([] = equal); absent = missing
         details: dict[str, dict] = {}
+        stale: dict[str, list[str]] = {}     # id -> fields we blanked that Ometria kept
         if scan:
             seen = self._scan(type_, hashes)
         else:
@@ -488,7 +490,8 @@ class _PushRun:
             if got is None:
                 continue
             sent = wire.loads(journal.ledger_body(self.conn, type_, id_) or b"{}")
-            verdicts[id_] = differences(sent, got)
+            stale[id_] = stale_paths(sent, got)
+            verdicts[id_] = [path for path in differences(sent, got) if path not in stale[id_]]
             if verdicts[id_]:
                 details[id_] = _mismatch_detail(type_, verdicts[id_], sent, got)
         now = utcnow()
@@ -497,6 +500,8 @@ class _PushRun:
             with self.store.transaction() as conn:
                 for id_, content_hash in items[start:start + PAGE]:
                     self._settle_verdict(conn, type_, id_, content_hash, verdicts.get(id_), details.get(id_), now)
+                    if id_ in stale:
+                        self._settle_stale(conn, type_, id_, stale[id_], now)
 
     def _settle_verdict(self, conn: Any, type_: str, id_: str, content_hash: str, fields: list[str] | None,
                         detail: dict | None, now: str) -> None:
@@ -514,6 +519,15 @@ class _PushRun:
             journal.set_verified(conn, type_, id_, content_hash, now)
             journal.resolve_record_exceptions(conn, STAGE, ("push_verification_mismatch",), type_, id_, now)
             self.result.verified[type_] += 1
+
+    def _settle_stale(self, conn: Any, type_: str, id_: str, fields: list[str], now: str) -> None:
+        """Fields we sent blank that Ometria still holds: it did not clear them (docs/push.md)."""
+        if not fields:
+            journal.resolve_record_exceptions(conn, STAGE, ("stale_field",), type_, id_, now)
+            return
+        self._raise(conn, "stale_field", type_, id_,
+                    f"Ometria kept {', '.join(fields[:10])} after accepting a blank for "
+                    f"{'it' if len(fields) == 1 else 'them'}: clear it in Ometria by hand", {"fields": fields})
 
     def _collection_of(self, id_: str) -> str:
         sent = wire.loads(journal.ledger_body(self.conn, "contact", id_) or b"{}")
