@@ -169,6 +169,8 @@ class OmetriaEmulator:
             return self._route(request, counts)
         except HttpError as refusal:
             counts["rejected_requests"] += int(refusal.client_fault)
+            if refusal.counter:
+                counts[refusal.counter] += 1
             headers = refusal.headers
             if is_push(request) and refusal.status != 403:
                 headers = [*headers, *self._queue_headers()]

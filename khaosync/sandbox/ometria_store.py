@@ -82,6 +82,7 @@ COUNTERS = (
     "processing_errors",  # failed at processing (e.g. unknown product on a line)
     "max_records_per_request",  # largest JSON array seen on POST /push, even one refused as > 100
     "rejected_requests",  # answered 400, 403, 405, 411, 413 or 415: the client's mistake
+    "incomplete_requests",  # bodies shorter than their Content-Length: the sender died mid-request
     "throttled",  # 429 from a rate limit
     "queue_full",  # 429 because the queue would overflow
     "injected_failures",  # 5xx from fail_rate

@@ -238,6 +238,21 @@ def test_push_needs_a_declared_length_and_refuses_huge_bodies(emu, api):
     nothing_arrived(api, emu)
 
 
+def test_a_body_cut_short_by_a_dying_sender_is_not_counted_as_the_clients_mistake(emu):
+    import io
+
+    body = json.dumps([product("P1")]).encode()
+    answers = []
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/ometria/v2/push", "QUERY_STRING": "",
+               "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "HTTP_X_OMETRIA_AUTH": KEY,
+               "wsgi.input": io.BytesIO(body[: len(body) // 2])}
+    reply = b"".join(emu(environ, lambda status, headers: answers.append(status)))
+    assert answers == ["400 Bad Request"] and b"Incomplete body" in reply
+    stats = emu.stats()
+    assert (stats["incomplete_requests"], stats["rejected_requests"], stats["queued"]) == (1, 0, 0)
+    assert emu.records("product") == []
+
+
 def test_every_push_answer_carries_the_queue_headers(db_path, clock):
     emu = make_emulator(db_path, clock, push_rate=2.0, queue_limit=1_000, processing_delay_s=60)
     with client_for(emu) as api:

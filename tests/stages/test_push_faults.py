@@ -264,5 +264,8 @@ def test_a_killed_push_is_completed_by_the_next_run(tmp_path: Path, trial: int) 
         result = push_all(state, settings_for(sandbox.base_url, verify_sample=10))
         stats = sandbox.server.get_app().ometria.stats()  # type: ignore[attr-defined]
     assert sum(result.mismatched.values()) == 0
+    # A push killed while its body was on the wire arrives short: counted as incomplete, never
+    # as a bad request of ours. Nor is a 429: on a loaded machine a child's requests can bunch
+    # up against the account's rate, and waiting them out is the client's job, not a fault.
     assert stats["max_records_per_request"] <= BATCH and stats["rejected_requests"] == 0
     assert_complete(folder, state, docs)
