@@ -21,6 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 DIRECTIVES = frozenset({"@merge", "@force_optin", "@add_to_lists", "@remove_from_lists"})
+# Never blanked, even when a version stops carrying them: the identity, and consent. An ERP
+# feed sends ``marketing_optin`` only when the ERP holds a decision (reference, consent), so a
+# missing decision must not erase the one Ometria holds (an unsubscribe made there, say); a
+# null ``marketing_optin`` is also not one of its three values.
+NEVER_BLANKED = frozenset({"@type", "@collection", "id", "marketing_optin", "timestamp_subscribed",
+                           "timestamp_unsubscribed"})
 
 
 def is_blank(value: Any) -> bool:
@@ -38,7 +44,7 @@ def with_blanks(accepted: dict, new: dict) -> dict:
 def _blank_missing(accepted: dict, new: dict, *, top: bool) -> dict:
     out = dict(new)
     for key, before in accepted.items():
-        if top and (key in DIRECTIVES or key == "@type"):
+        if top and (key in DIRECTIVES or key in NEVER_BLANKED):
             continue
         if key not in new:
             out[key] = None
@@ -57,7 +63,7 @@ def blanked(accepted: dict, new: dict) -> list[str]:
 
 def _collect_blanked(accepted: dict, new: dict, path: str, out: list[str]) -> None:
     for key, before in accepted.items():
-        if not path and (key in DIRECTIVES or key == "@type"):
+        if not path and (key in DIRECTIVES or key in NEVER_BLANKED):
             continue
         where = f"{path}.{key}" if path else key
         if key not in new:

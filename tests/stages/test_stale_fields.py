@@ -110,3 +110,13 @@ def test_blanks_follow_every_field_we_stop_sending_and_stay() -> None:
     assert sorted(stale_paths(sent, {**accepted, "status": "complete"})) == [
         "coupon_code", "customer", "properties.keycode"]
     assert stale_paths(sent, {"id": "O1", "coupon_code": "", "properties": {}}) == []
+
+
+def test_identity_and_consent_are_never_blanked() -> None:
+    """A KC contact whose consent decision went blank must not erase Ometria's (an unsubscribe)."""
+    accepted = {"@type": "contact", "@collection": "khaos", "id": "C1", "email": "a@example.com",
+                "marketing_optin": "EXPLICITLY_OPTEDIN", "timestamp_subscribed": "2026-01-01T00:00:00Z",
+                "firstname": "Ann"}
+    new = {"@type": "contact", "@collection": "khaos", "id": "C1", "email": "a@example.com"}
+    assert with_blanks(accepted, new) == {**new, "firstname": None}
+    assert blanked(accepted, new) == ["firstname"]
