@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS queue (
     doc        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_due ON queue(queued_at);
+CREATE INDEX IF NOT EXISTS queue_record ON queue(type, json_extract(doc, '$.id'));  -- push-time "is it known?"
 
 CREATE TABLE IF NOT EXISTS push_error (seq INTEGER PRIMARY KEY AUTOINCREMENT, doc TEXT NOT NULL);
 

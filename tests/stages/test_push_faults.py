@@ -166,6 +166,7 @@ def test_bursts_of_429_are_waited_out(world) -> None:
         result = push_all(state, settings_for(sandbox.base_url, push_rate=30, retries=2), verify="none")
         stats = sandbox.server.get_app().ometria.stats()  # type: ignore[attr-defined]
     assert stats["throttled"] >= 1 and stats["injected_failures"] == 0
+    assert sandbox.server.get_app().ometria.retry_after is False  # type: ignore[attr-defined]  # as documented: none
     assert sum(result.accepted.values()) == 300
     assert_complete(folder, state, docs)
 
