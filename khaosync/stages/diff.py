@@ -29,7 +29,7 @@ record's planned body carries a ``null`` for every field the ledger's version ha
 one lacks (``khaosync.ometria.blanks``); its hash stays the outbound version's. With
 ``--live``, a field Ometria still holds after it accepted our blank is not a change (sending
 the blank again would not clear it): the ``stale_fields`` detector reports it as
-``stale_field``. Null and absent are the same value here: neither is a value.
+``stale_field``. Null, "" and absent are the same value here: none is a value.
 
 Field paths: ``status``, ``customer.id``, ``lineitems[0].quantity``. A whole object or line
 present on one side only is one path (``lineitems[2]``) with the object as its value.
@@ -48,7 +48,7 @@ from khaosync.detectors import Finding, load_mapping_for, run_detectors
 from khaosync.detectors.live import LiveSnapshot, OmetriaReader, as_snapshot
 from khaosync.errors import ConfigError
 from khaosync.ometria import wire
-from khaosync.ometria.blanks import stale_paths, with_blanks
+from khaosync.ometria.blanks import is_blank, stale_paths, with_blanks
 from khaosync.store import StateStore, plans
 from khaosync.store.db import utcnow
 
@@ -107,10 +107,10 @@ def _join(path: str, key: str) -> str:
 
 
 def _compare(a: Any, b: Any, path: str, out: dict[str, FieldChange]) -> None:
-    a = MISSING if a is None else a
-    b = MISSING if b is None else b
+    a = MISSING if is_blank(a) else a
+    b = MISSING if is_blank(b) else b
     if a is MISSING and b is MISSING:
-        return  # null and absent: no value either way
+        return  # null, "" and absent: no value either way (Ometria's "blank data")
     if a is MISSING or b is MISSING:
         out[path] = FieldChange(a, b)
     elif isinstance(a, dict) and isinstance(b, dict):

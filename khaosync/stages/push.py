@@ -36,7 +36,7 @@ from khaosync.config import Profile
 from khaosync.errors import KhaosyncError
 from khaosync.findings import owner_of, severity_of
 from khaosync.ometria import wire
-from khaosync.ometria.blanks import stale_paths
+from khaosync.ometria.blanks import is_blank, stale_paths
 from khaosync.ometria.client import OmetriaClient, PushError
 from khaosync.ometria.errors import OmetriaRequestError
 from khaosync.store import StateStore, journal
@@ -624,8 +624,8 @@ def _same_push(entry: PushError, row: journal.LedgerRow) -> bool:
 
 def differences(sent: Any, got: Any, path: str = "") -> list[str]:
     """Paths of the fields we sent that Ometria holds differently. Fields Ometria adds are
-    ignored, directives (``@merge`` ...) are not stored, a field sent as null must be absent
-    or null, numbers compare exactly as decimals, and a boolean is never a number."""
+    ignored, directives (``@merge`` ...) are not stored, a field sent blank (null or "") must be
+    absent or the same, numbers compare exactly as decimals, and a boolean is never a number."""
     if isinstance(sent, dict):
         if not isinstance(got, dict):
             return [path or "(record)"]
@@ -635,7 +635,7 @@ def differences(sent: Any, got: Any, path: str = "") -> list[str]:
                 continue
             where = f"{path}.{key}" if path else key
             if key not in got:
-                if value is not None:
+                if not is_blank(value):  # a blank sent and nothing held: the same (no value)
                     out.append(where)
                 continue
             out.extend(differences(value, got[key], where))

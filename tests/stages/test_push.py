@@ -568,6 +568,7 @@ def test_differences_are_exact() -> None:
     assert differences({"is_valid": True}, {"is_valid": 1}) == ["is_valid"]
     assert differences({"qty": 1}, {"qty": True}) == ["qty"]
     assert differences({"a": None}, {}) == [] and differences({"a": None}, {"a": 1}) == ["a"]
+    assert differences({"a": ""}, {}) == [] and differences({"a": ""}, {"a": "x"}) == ["a"]  # "" is a blank too
     assert differences({"@merge": True, "x": [1, 2]}, {"x": [1]}) == ["x"]
 
 
