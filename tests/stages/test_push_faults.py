@@ -173,13 +173,12 @@ def test_bursts_of_429_are_waited_out(world) -> None:
 
 def test_slow_answers_with_everything_at_once(world) -> None:
     folder, state, docs = world
+    # How fast requests in flight fill a slow API's allowance is bench/push.py's figure: a test
+    # asserts no timing (it must pass on a loaded machine), only that nothing is lost or doubled.
     with served(folder, Faults(fail_rate=0.1, latency_ms=120, rate_limit=20, seed=5), after_commit=True) as sandbox:
-        started = time.monotonic()
         result = push_all(state, settings_for(sandbox.base_url, push_rate=20, push_in_flight=6))
-        elapsed = time.monotonic() - started
     assert sum(result.accepted.values()) == 300 and result.fail_findings == 0
     assert_complete(folder, state, docs)
-    assert elapsed < 15
 
 
 # -- killed at random points ----------------------------------------------------------------------------
