@@ -36,6 +36,10 @@ TYPES: dict[str, ExceptionType] = {t.name: t for t in [
                   "failed-record index and retried"),
     ExceptionType("push_verification_mismatch", "fail", "integration",
                   "a record read back from Ometria after a push differs from what it accepted, or is missing"),
+    ExceptionType("stale_field", "warn", "integration",
+                  "a field khaosync stopped sending (a coupon removed, tracking cleared, a property dropped) that "
+                  "Ometria still holds after accepting a blank for it: the API cannot clear it, so it is cleared "
+                  "in Ometria by hand (or by Ometria support)"),
     ExceptionType("record_too_large", "warn", "integration",
                   "a mapped record over Ometria's 60 KB record limit: held, never sent"),
     ExceptionType("unmapped_value", "warn", "integration",

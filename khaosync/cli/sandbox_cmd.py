@@ -136,6 +136,12 @@ def serve(
     rate_limit: Optional[float] = typer.Option(None, "--rate-limit", min=0.1, help="Ometria push requests/s allowed."),
     fail_after_commit: bool = typer.Option(False, "--fail-after-commit", help="Some 5xx answers come after the push was queued."),
     seed: int = typer.Option(0, help="Seed of the fault injection."),
+    blanks: str = typer.Option("kept", "--blanks", help="What a blank (null or \"\") sent for a stored Ometria "
+                               "field does: kept (default, the harder reading) or cleared."),
+    error_detail: bool = typer.Option(False, "--error-detail", help="/push/_errors names request and record, "
+                                      "with specific messages (Ometria documents only message and path)."),
+    retry_after: bool = typer.Option(False, "--retry-after", help="Ometria's 429 answers carry Retry-After "
+                                     "(none is documented)."),
 ) -> None:
     """Serve both emulators on a real port: Ometria under /ometria/v2, KC under /khaos/KhaosKSD.exe.
 
@@ -151,8 +157,11 @@ def serve(
         raise ConfigError(f"no sandbox at {folder}: run `khaosync sandbox init` first")
     if not is_loopback(host):
         raise ConfigError(f"--host {host}: the sandbox only serves on loopback")
+    if blanks not in ("kept", "cleared"):
+        raise ConfigError(f"--blanks {blanks}: choose kept or cleared")
     app = SandboxApp(folder, ometria_key, Faults(fail_rate=fail_rate, latency_ms=latency_ms, rate_limit=rate_limit, seed=seed,
-                                            fail_after_commit=fail_after_commit))
+                                            fail_after_commit=fail_after_commit, blanks=blanks,
+                                            error_detail=error_detail, retry_after=retry_after))
     server = make_sandbox_server(app, host, port)
     base = f"http://{host}:{server.server_address[1]}"
     c.terminal.info(f"serving the sandbox at {base}")

@@ -113,11 +113,13 @@ class DetectorContext:
 
 def _modules() -> dict[str, ModuleType]:
     from khaosync.detectors import (
-        consent, identifier_conflicts, products, purchase_history, refunds, split_consignments, stalled_batches,
+        consent, identifier_conflicts, products, purchase_history, refunds, split_consignments, stale_fields,
+        stalled_batches,
     )
 
     return {m.__name__.rsplit(".", 1)[1]: m for m in (
-        identifier_conflicts, split_consignments, products, refunds, consent, purchase_history, stalled_batches)}
+        identifier_conflicts, split_consignments, products, refunds, consent, purchase_history, stalled_batches,
+        stale_fields)}
 
 
 def registry() -> dict[str, list[Check]]:

@@ -14,8 +14,22 @@ reading where the reference is silent (listed in ``docs/sandbox.md``).
 Every request runs the same steps, in this order: process the queue entries that are due;
 sleep ``latency_ms``; draw an injected fault (answered before anything else happens, or, with
 ``fail_after_commit``, after the work is done); check the path is under ``/ometria/v2``; check
-``X-Ometria-Auth`` (403); route (404, 405); take a rate-limit token (429 + ``Retry-After``);
-then the endpoint itself.
+``X-Ometria-Auth`` (403); route (404, 405); take a rate-limit token (429); then the endpoint
+itself.
+
+Three switches pick between readings the evidence leaves open; each default is the harder one
+for a client:
+
+- ``blanks``: what a blank (null or "") sent for a stored field does: ``"kept"`` (default:
+  the "Merge" page's "may or may not result in those field values being removed", read as
+  "may not") or ``"cleared"``. With ``@merge: true`` blanks are always kept ("any parameters
+  which are not set will be copied from the existing record").
+- ``error_detail``: ``GET /push/_errors`` entries carry only the documented
+  ``{error_message, error_path}`` and the message is the documented generic
+  ``"not a valid value"`` (Ometria's "List validation errors" page: "The error_message value
+  will usually be the same"); with ``error_detail=True`` they also carry ``request_id``,
+  ``record_type``, ``record_id``, ``timestamp`` and a specific message.
+- ``retry_after``: a 429 carries no ``Retry-After`` (none is documented) unless this is set.
 """
 
 from __future__ import annotations
@@ -33,11 +47,19 @@ from typing import Any, Callable, Iterable
 from khaosync.sandbox import ometria_store as store
 from khaosync.sandbox.ometria_http import HttpError, Request, Response, error_response, json_response
 from khaosync.sandbox.ometria_limits import Fault, FaultInjector, TokenBucket
-from khaosync.sandbox.ometria_processing import error_entry, process_entries, seed, update_profile
+from khaosync.sandbox.ometria_processing import (
+    BLANK_RULES,
+    BLANKS_KEPT,
+    error_entry,
+    process_entries,
+    seed,
+    update_profile,
+)
 from khaosync.sandbox.ometria_validation import (
     NOT_SPECIFIED,
     OPTED_OUT,
     RECORD_TYPES,
+    TOO_LARGE,
     compact_json,
     validate_record,
 )
@@ -48,6 +70,7 @@ MAX_BODY_BYTES = 10 * 1024 * 1024  # (sandbox rule) a whole push body; 100 recor
 AUTH_HEADER = "X-Ometria-Auth"
 PAGING = ("limit", "offset")
 ORDERED = ("limit", "offset", "orderby")
+GENERIC_ERROR = "not a valid value"  # Ometria's "List validation errors" page: "will usually be the same"
 PROFILE_FIELDS = ("customer_id", "firstname", "middlename", "lastname", "prefix", "gender", "date_of_birth",
                   "phone_number", "country_id", "timezone")
 
@@ -94,9 +117,17 @@ class OmetriaEmulator:
         seed: int = 0,
         queue_limit: int = 50_000,
         processing_delay_s: float = 0.0,
+        blanks: str = BLANKS_KEPT,
+        error_detail: bool = False,
+        retry_after: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        if blanks not in BLANK_RULES:
+            raise ValueError(f"blanks must be one of {', '.join(BLANK_RULES)}, not {blanks!r}")
+        self.blanks = blanks
+        self.error_detail = error_detail
+        self.retry_after = retry_after
         self.store = store.OmetriaStore(db_path)
         self.api_key = api_key
         self.queue_limit = queue_limit
@@ -138,6 +169,8 @@ class OmetriaEmulator:
             return self._route(request, counts)
         except HttpError as refusal:
             counts["rejected_requests"] += int(refusal.client_fault)
+            if refusal.counter:
+                counts[refusal.counter] += 1
             headers = refusal.headers
             if is_push(request) and refusal.status != 403:
                 headers = [*headers, *self._queue_headers()]
@@ -160,10 +193,14 @@ class OmetriaEmulator:
             retry_after = bucket.take()
             if retry_after is not None:
                 counts["throttled"] += 1
-                raise HttpError(429, "Too Many Requests", [("Retry-After", str(retry_after))], client_fault=False)
+                raise HttpError(429, "Too Many Requests", self._retry_after(retry_after), client_fault=False)
             handler = getattr(self, "_" + methods[request.method])
             return handler(request, counts, **match.groupdict())
         raise HttpError(404, "Not Found")
+
+    def _retry_after(self, seconds: int) -> list[tuple[str, str]]:
+        """Reference: "honour `Retry-After` if sent"; Ometria documents none, so by default none."""
+        return [("Retry-After", str(seconds))] if self.retry_after else []
 
     def _authorised(self, request: Request) -> bool:
         """Reference: "auth: header `X-Ometria-Auth: <api key>`"; 403 when wrong or missing."""
@@ -205,7 +242,7 @@ class OmetriaEmulator:
                 return 0
             with self.store.transaction() as conn:
                 now = store.utc_now()
-                outcome = process_entries(conn, store.take_due(conn, cutoff), now)
+                outcome = process_entries(conn, store.take_due(conn, cutoff), now, self.blanks)
                 store.log_errors(conn, outcome.errors)
                 store.bump(conn, records_processed=outcome.processed, records_stored=outcome.stored,
                            processing_errors=len(outcome.errors), identity_conflicts=outcome.identity_conflicts,
@@ -229,20 +266,25 @@ class OmetriaEmulator:
         accepted: list[str] = []
         errors: list[dict] = []
         forced: list[str] = []
-        for record, text in zip(records, encoded):
-            error = validate_record(record, text)
-            if error is not None:
-                errors.append(error_entry(error, request_id, record_type, record.get("id"), now))
-                continue
-            accepted.append(text)
-            if record.get("@force_optin") is True:
-                forced.append(record["id"])
+        accepted_keys: set[tuple[str, Any]] = set()  # an earlier record of this request creates it
+        with self.store.reading() as conn:
+            for record, text in zip(records, encoded):
+                key = record_key(record)
+                exists = key in accepted_keys or store.known(conn, record_type, *key)
+                error = validate_record(record, text, exists=exists)
+                if error is not None:
+                    errors.append(error_entry(error, request_id, record_type, record.get("id"), now))
+                    continue
+                accepted.append(text)
+                accepted_keys.add(key)
+                if record.get("@force_optin") is True:
+                    forced.append(record["id"])
         with self.store.transaction() as conn:
             queued = store.queue_size(conn)
             if queued + len(records) > self.queue_limit:
                 counts["queue_full"] += 1
                 raise HttpError(429, "Too Many Requests: the queue is full",
-                                [("Retry-After", str(max(1, math.ceil(self.processing_delay_s))))], client_fault=False)
+                                self._retry_after(max(1, math.ceil(self.processing_delay_s))), client_fault=False)
             store.enqueue(conn, self.clock(), request_id, record_type, accepted)
             store.log_errors(conn, errors)
             store.record_forced_optins(conn, forced)
@@ -252,10 +294,14 @@ class OmetriaEmulator:
 
     # -- reads ---------------------------------------------------------------------------------
     def _push_errors(self, request: Request, counts: Counter[str]) -> Response:
-        """Reference: the 100 most recent record errors of the account, newest first."""
+        """Reference: the 100 most recent record errors of the account, newest first; by default
+        in the documented form only (see ``error_detail``)."""
         request.params(())
         with self.store.reading() as conn:
-            return json_response(200, store.recent_errors(conn))
+            entries = store.recent_errors(conn)
+        if not self.error_detail:
+            entries = [documented_error(entry) for entry in entries]
+        return json_response(200, entries)
 
     def _list_orders(self, request: Request, counts: Counter[str]) -> Response:
         params = request.params(ORDERED)
@@ -408,6 +454,19 @@ class OmetriaEmulator:
 
     def close(self) -> None:
         self.store.close()
+
+
+def documented_error(entry: dict) -> dict:
+    """An error-log entry as Ometria documents it: ``{error_message, error_path}``, the message
+    the generic one except the record-size message the reference quotes."""
+    message = entry["error_message"] if entry["error_message"] == TOO_LARGE else GENERIC_ERROR
+    return {"error_message": message, "error_path": entry["error_path"]}
+
+
+def record_key(record: dict) -> tuple[str, Any]:
+    """A record's identity in its type: (``@collection`` or "", ``id``)."""
+    collection = record.get("@collection") if record["@type"] == "contact" else ""
+    return (collection if isinstance(collection, str) else "", record.get("id"))
 
 
 def is_push(request: Request) -> bool:

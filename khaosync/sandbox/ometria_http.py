@@ -48,12 +48,14 @@ def error_response(status: int, message: str, headers: Iterable[tuple[str, str]]
 class HttpError(Exception):
     """A request refused as a whole. ``client_fault`` ones count in ``stats()["rejected_requests"]``."""
 
-    def __init__(self, status: int, message: str, headers: Iterable[tuple[str, str]] = (), *, client_fault: bool = True):
+    def __init__(self, status: int, message: str, headers: Iterable[tuple[str, str]] = (), *, client_fault: bool = True,
+                 counter: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = list(headers)
         self.client_fault = client_fault
+        self.counter = counter  # a ``stats()`` counter of its own, if any
 
     def response(self) -> Response:
         return error_response(self.status, self.message, self.headers)
@@ -78,14 +80,21 @@ class Request:
         return self.environ.get(key)
 
     def read_body(self, max_bytes: int) -> bytes:
-        """The body, whole; its length must be declared (411) and not above ``max_bytes`` (413)."""
+        """The body, whole; its length must be declared (411) and not above ``max_bytes`` (413);
+        fewer bytes than declared (the sender died) is a 400 counted as incomplete."""
         declared = (self.header("Content-Length") or "").strip()
         if not declared.isdigit():
             raise HttpError(411, "Length Required: send a Content-Length header")
         length = int(declared)
         if length > max_bytes:
             raise HttpError(413, f"Payload Too Large: at most {max_bytes} bytes per request")
-        return self.environ["wsgi.input"].read(length) if length else b""
+        body = self.environ["wsgi.input"].read(length) if length else b""
+        if len(body) < length:
+            # The sender went away mid-request (a killed process): nothing to parse, and not a
+            # malformed request of the client's making, so counted apart (``incomplete_requests``).
+            raise HttpError(400, "Incomplete body: the connection closed before Content-Length bytes arrived",
+                            client_fault=False, counter="incomplete_requests")
+        return body
 
     def params(self, allowed: Iterable[str]) -> "Params":
         return Params.parse(self.query_string, frozenset(allowed))

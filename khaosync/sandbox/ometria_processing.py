@@ -13,12 +13,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from khaosync.sandbox import ometria_store as store
-from khaosync.sandbox.ometria_validation import DIRECTIVES, NOT_SPECIFIED, OPTED_IN, OPTED_OUT, RecordError
+from khaosync.sandbox.ometria_validation import (
+    DIRECTIVES,
+    NOT_SPECIFIED,
+    OPTED_IN,
+    OPTED_OUT,
+    RecordError,
+    creation_error,
+    is_blank,
+)
 
 # Identifiers two different contacts may not share (reference, identity: "since 2024 ... a
 # conflicting identifier ... is silently ignored"). The brief names email; the reference's
 # wording could also cover customer_id: add it here to make the sandbox stricter.
 CONFLICTING_IDENTIFIERS = ("email",)
+
+# What a blank (null or "") sent for a field does to the stored value. Ometria's "Merge" page:
+# without ``@merge``, "passing blank data in a field may or may not result in those field values
+# being removed"; with it, "any parameters which are not set will be copied from the existing
+# record". The emulator's default is the harder reading, "may not": the stored value stays.
+BLANKS_KEPT = "kept"
+BLANKS_CLEARED = "cleared"
+BLANK_RULES = (BLANKS_KEPT, BLANKS_CLEARED)
 
 
 @dataclass
@@ -32,12 +48,13 @@ class ProcessingOutcome:
     optins_refused: int = 0
 
 
-def process_entries(conn: sqlite3.Connection, entries: list[tuple[str, str, dict]], now: str) -> ProcessingOutcome:
+def process_entries(conn: sqlite3.Connection, entries: list[tuple[str, str, dict]], now: str,
+                    blanks: str = BLANKS_KEPT) -> ProcessingOutcome:
     """Apply queued records, oldest first, inside the caller's transaction."""
     outcome = ProcessingOutcome()
     for request_id, record_type, record in entries:
         outcome.processed += 1
-        error = apply_record(conn, record_type, record, now, outcome)
+        error = apply_record(conn, record_type, record, now, outcome, blanks)
         if error is None:
             outcome.stored += 1
             continue
@@ -58,33 +75,59 @@ def error_entry(error: RecordError, request_id: str, record_type: str, record_id
 
 
 def apply_record(conn: sqlite3.Connection, record_type: str, record: dict, now: str,
-                 outcome: ProcessingOutcome) -> RecordError | None:
-    if record_type == "contact":
-        upsert_contact(conn, record, now, outcome)
-    elif record_type == "product":
-        upsert_product(conn, record, now)
-    elif record_type == "order":
-        return replace_order(conn, record, now)
-    else:
+                 outcome: ProcessingOutcome, blanks: str = BLANKS_KEPT) -> RecordError | None:
+    """Reference, upsert: a new id is created (and needs every required field), an existing
+    one has the fields sent merged into it. Custom events are not merged: last write wins."""
+    if record_type == "custom_event":
         store.put_record(conn, record_type, record["id"], record, updated=now)
+        return None
+    collection = record["@collection"] if record_type == "contact" else ""
+    stored = store.get_record(conn, record_type, record["id"], collection)
+    if stored is None:
+        error = creation_error(record_type, record)
+        if error is not None:
+            return error
+    if record_type == "order":
+        error = line_reference_error(conn, record)
+        if error is not None:
+            return error
+    clear = blanks == BLANKS_CLEARED and record.get("@merge") is not True
+    merged = merge_fields(stored or {"@type": record_type}, record, clear_blanks=clear)
+    if record_type == "contact":
+        drop_conflicting_identifiers(conn, merged, stored, record, outcome)
+        guard_opt_out(conn, merged, stored, record, outcome)
+        store.put_record(conn, "contact", record["id"], merged, collection=collection, email=merged.get("email"),
+                         updated=now)
+        update_profile(conn, merged, record, now)
+    else:
+        store.put_record(conn, record_type, record["id"], merged, updated=now)
     return None
 
 
 # -- merge rules -----------------------------------------------------------------------------
-def merge_fields(stored: dict, sent: dict) -> dict:
-    """Reference, upsert: "the fields sent are merged into the stored record".
+def merge_fields(stored: dict, sent: dict, *, clear_blanks: bool = False, top: bool = True) -> dict:
+    """Reference, upsert: "the information in the object will be merged in with the fields in
+    the current record" (Ometria's Push API page), for contacts, products and orders alike.
 
-    With or without ``@merge`` (the reference says blanks "may or may not" clear: the
-    emulator takes one reading): fields not sent are kept, fields sent as null are cleared
-    (removed), every other field sent replaces the stored one whole, so a product's
-    ``attributes`` (and any ``properties``) are replaced as a whole, never merged inside.
+    Fields not sent are kept. A blank (null or "") clears the stored value only when
+    ``clear_blanks`` (the ``blanks="cleared"`` emulator, without ``@merge``); otherwise the
+    stored value (or its absence) stands. An object (``properties``, ``customer``, an address,
+    ``channels``) is merged key by key, the harder reading for a sender: a key it stops sending
+    stays. An array is replaced whole: "Merge does apply to product attributes ... You must pass
+    all relevant attributes" (the "Merge" page), and lines are sent whole (reference, order).
     """
     merged = dict(stored)
     for key, value in sent.items():
-        if key in DIRECTIVES:
+        if top and key in DIRECTIVES:
             continue
-        if value is None:
-            merged.pop(key, None)
+        if is_blank(value):
+            if clear_blanks:
+                merged.pop(key, None)
+            continue
+        if isinstance(value, dict):
+            inner = merged.get(key)
+            merged[key] = merge_fields(inner if isinstance(inner, dict) else {}, value, clear_blanks=clear_blanks,
+                                       top=False)
         else:
             merged[key] = value
     return merged
@@ -98,40 +141,22 @@ def keep_stored(merged: dict, stored: dict | None, key: str) -> None:
         merged.pop(key, None)
 
 
-def upsert_product(conn: sqlite3.Connection, record: dict, now: str) -> None:
-    """Reference, upsert: products merge; "Product `attributes` are always replaced as a whole"."""
-    stored = store.get_record(conn, "product", record["id"]) or {}
-    store.put_record(conn, "product", record["id"], merge_fields(stored, record), updated=now)
+def line_reference_error(conn: sqlite3.Connection, record: dict) -> RecordError | None:
+    """Reference, order: "`product_id` (must already exist in Ometria: push products first)".
 
-
-def replace_order(conn: sqlite3.Connection, record: dict, now: str) -> RecordError | None:
-    """Reference, order: sent whole, last write wins; every line's product must already exist.
-
-    "`product_id` (must already exist in Ometria: push products first)": an order with a line
-    whose product (or, *sandbox rule*, whose ``variant_id``) Ometria does not hold is not
-    stored at all.
+    An order with a line whose product (or, *sandbox rule*, whose ``variant_id``) Ometria does
+    not hold is not stored at all. Only the lines sent are checked (a partial update without
+    ``lineitems`` keeps the stored ones).
     """
     for index, line in enumerate(record.get("lineitems") or []):
         for key in ("product_id", "variant_id"):
             product_id = line.get(key)
             if product_id is not None and not store.record_exists(conn, "product", product_id):
                 return RecordError("Invalid reference: product does not exist", f"root > lineitems > {index} > {key}")
-    store.put_record(conn, "order", record["id"], record, updated=now)
     return None
 
 
 # -- contacts: identity and consent ----------------------------------------------------------
-def upsert_contact(conn: sqlite3.Connection, record: dict, now: str, outcome: ProcessingOutcome) -> None:
-    """Merge a contact into its stored version (identity ``@collection`` + ``id``)."""
-    collection, contact_id = record["@collection"], record["id"]
-    stored = store.get_record(conn, "contact", contact_id, collection)
-    merged = merge_fields(stored or {}, record)
-    drop_conflicting_identifiers(conn, merged, stored, record, outcome)
-    guard_opt_out(conn, merged, stored, record, outcome)
-    store.put_record(conn, "contact", contact_id, merged, collection=collection, email=merged.get("email"), updated=now)
-    update_profile(conn, merged, record, now)
-
-
 def drop_conflicting_identifiers(conn: sqlite3.Connection, merged: dict, stored: dict | None, record: dict,
                                  outcome: ProcessingOutcome) -> None:
     """Reference, identity: an email already held by a different contact (any collection) is

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS queue (
     doc        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_due ON queue(queued_at);
+CREATE INDEX IF NOT EXISTS queue_record ON queue(type, json_extract(doc, '$.id'));  -- push-time "is it known?"
 
 CREATE TABLE IF NOT EXISTS push_error (seq INTEGER PRIMARY KEY AUTOINCREMENT, doc TEXT NOT NULL);
 
@@ -82,6 +83,7 @@ COUNTERS = (
     "processing_errors",  # failed at processing (e.g. unknown product on a line)
     "max_records_per_request",  # largest JSON array seen on POST /push, even one refused as > 100
     "rejected_requests",  # answered 400, 403, 405, 411, 413 or 415: the client's mistake
+    "incomplete_requests",  # bodies shorter than their Content-Length: the sender died mid-request
     "throttled",  # 429 from a rate limit
     "queue_full",  # 429 because the queue would overflow
     "injected_failures",  # 5xx from fail_rate
@@ -237,6 +239,22 @@ def find_contact(conn: sqlite3.Connection, record_id: str) -> dict | None:
     """A contact by id in whichever collection holds it first (for callers without one)."""
     row = conn.execute("SELECT doc FROM record WHERE type = 'contact' AND id = ? ORDER BY seq LIMIT 1", (record_id,)).fetchone()
     return json.loads(row[0]) if row else None
+
+
+def known(conn: sqlite3.Connection, record_type: str, collection: str, record_id: Any) -> bool:
+    """Does Ometria hold, or has it queued, a record with this identity? (Push-time: a partial
+    record for it is an update, not a creation.)"""
+    if not isinstance(record_id, str):
+        return False
+    if conn.execute("SELECT 1 FROM record WHERE type = ? AND collection = ? AND id = ?",
+                    (record_type, collection, record_id)).fetchone():
+        return True
+    row = conn.execute(
+        "SELECT 1 FROM queue WHERE type = ? AND json_extract(doc, '$.id') = ? "
+        "AND coalesce(json_extract(doc, '$.\"@collection\"'), '') = ? LIMIT 1",
+        (record_type, record_id, collection if record_type == "contact" else ""),
+    ).fetchone()
+    return row is not None
 
 
 def record_exists(conn: sqlite3.Connection, record_type: str, record_id: str) -> bool:

@@ -8,10 +8,18 @@ listed in ``docs/sandbox.md``.
 A record is checked in this order and only its first error is reported (one entry in
 ``/push/_errors`` per rejected record): size, ``id``, unknown fields, required fields, then
 every field in the order the record carries them.
+
+Required fields are required to *create* a record. Ometria's Push API page: "To update an
+existing record, you can send a partial record and only the supplied fields will be merged
+into the existing record", with the partial cancellation
+``[{"@type":"order","id":"123551","status":"cancelled","is_valid":false}]`` as its example;
+so a record for an id Ometria already holds needs only its identity (``id``, and a
+contact's ``@collection``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -48,7 +56,9 @@ ISO_4217 = frozenset(
 )
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
+# The offset may be ``+HH`` too: Ometria's own contact example (support page "Changing a
+# contact's email address via API") sends ``"timestamp_acquired": "2018-04-19T09:00:00+00"``.
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}(:?\d{2})?)$")
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 _EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _EMAIL_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -167,8 +177,8 @@ def date_ymd(value: Any, path: str) -> RecordError | None:
 def datetime_zoned(value: Any, path: str) -> RecordError | None:
     """Reference: "Datetimes are ISO 8601 with a zone (`2026-10-01T09:12:00Z`)".
 
-    *(sandbox rule)* seconds are required, the separator is ``T``, the offset is ``Z`` or
-    ``+HH:MM``; a naive datetime is rejected.
+    *(sandbox rule)* seconds are required, the separator is ``T``, the offset is ``Z``,
+    ``+HH:MM``, ``+HHMM`` or ``+HH`` (Ometria's own example); a naive datetime is rejected.
     """
     if isinstance(value, str) and _DATETIME.match(value):
         try:
@@ -232,6 +242,17 @@ def list_id(value: Any, path: str) -> RecordError | None:
     return None
 
 
+def ip_address(value: Any, path: str) -> RecordError | None:
+    """*(sandbox rule)* an order's ``ip_address`` is an IPv4 or IPv6 address."""
+    if isinstance(value, str):
+        try:
+            ipaddress.ip_address(value)
+            return None
+        except ValueError:
+            pass
+    return RecordError("Invalid value: expected an IP address", path)
+
+
 def free_object(value: Any, path: str) -> RecordError | None:
     """``properties{}``: any JSON object, its keys are the merchant's own."""
     if not isinstance(value, dict):
@@ -244,23 +265,28 @@ def free_object(value: Any, path: str) -> RecordError | None:
 class Shape:
     """The fields an object may carry, which of them are required, and which may be null.
 
-    An optional field sent as ``null`` means "no value" (on contacts and products it clears
-    the stored value); required fields and ``NOT_NULL`` ones never accept null.
+    An optional field sent as ``null`` is accepted as "no value" (a blank: what it does to a
+    stored value is ``ometria_processing.merge_fields``'s business); required fields and
+    ``not_null`` ones never accept null.
     """
 
     fields: Mapping[str, Check]
     required: tuple[str, ...] = ()
     not_null: tuple[str, ...] = ()
+    identity: tuple[str, ...] = ()  # of a record: what an update of an existing one still needs
 
 
-def shape_error(value: Any, shape: Shape, path: str) -> RecordError | None:
-    """Unknown fields first (the "Unknown field" rule), then required, then each field."""
+def shape_error(value: Any, shape: Shape, path: str, *, exists: bool = False) -> RecordError | None:
+    """Unknown fields first (the "Unknown field" rule), then required, then each field.
+
+    ``exists``: the record updates one Ometria holds, so only its identity is required.
+    """
     if not isinstance(value, dict):
         return RecordError("Invalid type: expected an object", path)
     for key in value:
         if key not in shape.fields:
             return RecordError("Unknown field", f"{path} > {key}")
-    for key in shape.required:
+    for key in shape.identity if exists else shape.required:
         if value.get(key) is None:
             return RecordError("Missing required field", f"{path} > {key}")
     for key, field_value in value.items():
@@ -331,6 +357,18 @@ LISTING = Shape(
     required=("store",),
 )
 
+# rudderlabs/rudder-transformer, src/v0/destinations/ometria/transform.js (identify): every
+# contact it pushes carries ``channels.sms`` with these four fields.
+SMS_CHANNEL = Shape(
+    {
+        "allow_marketing": boolean,
+        "allow_transactional": boolean,
+        "dt_updated_marketing": datetime_zoned,
+        "dt_updated_transactional": datetime_zoned,
+    }
+)
+CHANNELS = Shape({"sms": obj(SMS_CHANNEL)})
+
 CONTACT = Shape(
     {
         "@type": _type_tag,
@@ -356,14 +394,18 @@ CONTACT = Shape(
         "marketing_optin": marketing_optin,
         "timestamp_subscribed": datetime_zoned,
         "timestamp_unsubscribed": datetime_zoned,
+        "channels": obj(CHANNELS),
         "properties": free_object,
     },
     required=("id", "@collection"),
     not_null=("@collection", "@merge", "@force_optin", "marketing_optin"),
+    identity=("id", "@collection"),
 )
 ORDER = Shape(
     {
         "@type": _type_tag,
+        # Ometria's "Merge" support page: "Merge can be used with contact, product and order records".
+        "@merge": boolean,
         "id": identifier,
         "timestamp": datetime_zoned,
         "currency": currency,
@@ -383,10 +425,15 @@ ORDER = Shape(
         "shipping_method": string,
         "billing_address": obj(ADDRESS),
         "shipping_address": obj(ADDRESS),
+        # rudderlabs/rudder-transformer, src/v0/destinations/ometria/data/OmetriaOrder.json maps
+        # the visitor's ``context.ip`` to ``ip_address``.
+        "ip_address": ip_address,
         "properties": free_object,
         "lineitems": list_of(obj(LINEITEM)),
     },
     required=("id", "timestamp", "currency", "grand_total", "lineitems"),
+    not_null=("@merge",),
+    identity=("id",),
 )
 PRODUCT = Shape(
     {
@@ -411,6 +458,7 @@ PRODUCT = Shape(
     },
     required=("id",),
     not_null=("@merge",),
+    identity=("id",),
 )
 CUSTOM_EVENT = Shape(
     {
@@ -423,6 +471,7 @@ CUSTOM_EVENT = Shape(
         "properties": free_object,
     },
     required=("id", "event_type", "timestamp"),
+    identity=("id", "event_type", "timestamp"),  # events are not merged: each is sent whole
 )
 SHAPES: dict[str, Shape] = {"contact": CONTACT, "order": ORDER, "product": PRODUCT, "custom_event": CUSTOM_EVENT}
 
@@ -441,11 +490,29 @@ def event_identity_error(record: dict) -> RecordError | None:
     return None
 
 
-def validate_record(record: dict, encoded: str) -> RecordError | None:
-    """The first reason ``record`` (of a known ``@type``) is rejected at push time, or None."""
+def validate_record(record: dict, encoded: str, *, exists: bool = False) -> RecordError | None:
+    """The first reason ``record`` (of a known ``@type``) is rejected at push time, or None.
+
+    ``exists``: Ometria holds (or has queued) a record with this identity, so this one may be
+    partial; a new one needs every required field.
+    """
     return (
         record_size_error(encoded)
         or id_error(record)
-        or shape_error(record, SHAPES[record["@type"]], "root")
+        or shape_error(record, SHAPES[record["@type"]], "root", exists=exists)
         or (event_identity_error(record) if record["@type"] == "custom_event" else None)
     )
+
+
+def creation_error(record_type: str, record: dict) -> RecordError | None:
+    """Processing: a record that turned out to create (nothing stored under its identity when
+    its turn came) must carry every required field."""
+    for key in SHAPES[record_type].required:
+        if record.get(key) is None:
+            return RecordError("Missing required field", f"root > {key}")
+    return None
+
+
+def is_blank(value: Any) -> bool:
+    """"Blank data in a field" (Ometria's "Merge" page): null or an empty string."""
+    return value is None or value == ""

@@ -28,6 +28,10 @@ class Faults:
     rate_limit: float | None = None  # Ometria push requests/s; None: the emulator's default
     seed: int = 0
     fail_after_commit: bool = False  # some injected 5xx come after the records were queued
+    # Ometria readings the evidence leaves open (ometria_emulator's docstring); defaults: the harder one
+    blanks: str = "kept"             # a blank sent for a stored field: "kept" or "cleared"
+    error_detail: bool = False       # /push/_errors with request and record ids, specific messages
+    retry_after: bool = False        # 429 with a Retry-After header
 
 
 class SandboxApp:
@@ -40,7 +44,8 @@ class SandboxApp:
         self.ometria = OmetriaEmulator(
             self.folder / OMETRIA_DB, ometria_key,
             fail_rate=faults.fail_rate, fail_after_commit=faults.fail_after_commit, latency_ms=faults.latency_ms,
-            seed=faults.seed, **kwargs,
+            seed=faults.seed, blanks=faults.blanks, error_detail=faults.error_detail,
+            retry_after=faults.retry_after, **kwargs,
         )
         self.khaos = KhaosEmulator(
             self.folder, fail_rate=faults.fail_rate, latency_ms=faults.latency_ms, seed=faults.seed

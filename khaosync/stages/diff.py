@@ -19,10 +19,17 @@ New, changed and void records go into a plan (``khaosync.store.plans``) with the
 bodies and hashes. Both sides are streamed in id order and merge-joined, so memory does not
 grow with the number of records; bodies are read and parsed only when hashes differ.
 
-Live comparison reads Ometria back (``khaosync.detectors.live``). Orders are replaced whole
-by a push, so every field Ometria holds counts; contacts and products are merged, so only
-the fields we send count (Ometria may hold web data we never sent). Push directives
-(``@merge``, ``@force_optin``, list changes) are instructions, not stored fields: ignored.
+Live comparison reads Ometria back (``khaosync.detectors.live``). Ometria merges every
+record it is sent into the one it holds (contacts, products and orders alike), so only the
+fields we send count (Ometria may hold web data we never sent). Push directives (``@merge``,
+``@force_optin``, list changes) are instructions, not stored fields: ignored.
+
+A field we stop sending would stay in Ometria (fields not sent are kept), so a changed
+record's planned body carries a ``null`` for every field the ledger's version had and the new
+one lacks (``khaosync.ometria.blanks``); its hash stays the outbound version's. With
+``--live``, a field Ometria still holds after it accepted our blank is not a change (sending
+the blank again would not clear it): the ``stale_fields`` detector reports it as
+``stale_field``. Null, "" and absent are the same value here: none is a value.
 
 Field paths: ``status``, ``customer.id``, ``lineitems[0].quantity``. A whole object or line
 present on one side only is one path (``lineitems[2]``) with the object as its value.
@@ -41,13 +48,14 @@ from khaosync.detectors import Finding, load_mapping_for, run_detectors
 from khaosync.detectors.live import LiveSnapshot, OmetriaReader, as_snapshot
 from khaosync.errors import ConfigError
 from khaosync.ometria import wire
+from khaosync.ometria.blanks import is_blank, stale_paths, with_blanks
 from khaosync.store import StateStore, plans
 from khaosync.store.db import utcnow
 
 STAGE = "diff"
 ENTITIES: dict[str, str] = {"contacts": "contact", "orders": "order", "products": "product"}
 CHANGES = ("new", "changed", "unchanged", "void", "held")
-MERGED_TYPES = frozenset({"contact", "product"})  # Ometria merges the fields sent into what it holds
+MERGED_TYPES = frozenset({"contact", "product", "order"})  # Ometria merges the fields sent into what it holds
 DIRECTIVES = frozenset({"@merge", "@force_optin", "@add_to_lists", "@remove_from_lists"})
 _PLAN_BATCH = 1000
 
@@ -99,6 +107,10 @@ def _join(path: str, key: str) -> str:
 
 
 def _compare(a: Any, b: Any, path: str, out: dict[str, FieldChange]) -> None:
+    a = MISSING if is_blank(a) else a
+    b = MISSING if is_blank(b) else b
+    if a is MISSING and b is MISSING:
+        return  # null, "" and absent: no value either way (Ometria's "blank data")
     if a is MISSING or b is MISSING:
         out[path] = FieldChange(a, b)
     elif isinstance(a, dict) and isinstance(b, dict):
@@ -324,14 +336,25 @@ class _Differ:
         body = self.outbound_bytes(id_)
         return body, wire.loads(body)
 
-    def ready(self, id_: str, out: _Out, before: dict | None, *, only_sent: bool) -> None:
+    def ready(self, id_: str, out: _Out, before: dict | None, *, only_sent: bool,
+              accepted: dict | None = None) -> None:
+        """``before``: what Ometria holds (the ledger's body, or live); ``accepted``: the ledger's
+        body, whose fields the new version leaves out are sent as blanks."""
         if before is None:
             self.count("new")
             self.plan(id_, "new", out.content_hash, self.outbound_bytes(id_))  # nothing to compare: not parsed
             self.show(RecordDiff(self.type, id_, "new"))
             return
         body, ours = self.outbound_body(id_)
+        if accepted is not None:
+            blanked = with_blanks(accepted, ours)
+            if blanked != ours:
+                body, ours = wire.dumps(blanked), blanked
         changes = field_changes(before, ours, only_sent=only_sent)
+        if accepted is not None and before is not accepted:
+            # live: a field Ometria kept after it accepted our blank is stale, not a change
+            stale = set(stale_paths(accepted, before))
+            changes = {p: c for p, c in changes.items() if p not in stale}
         if not changes:
             self.count("unchanged")
             return
@@ -403,7 +426,8 @@ class _Differ:
     def _both(self, row: tuple) -> None:
         id_, out = row[0], _Out(*row[1:])
         if out.state == "ready":
-            self.ready(id_, out, _body(self.conn, "ledger", self.type, id_), only_sent=False)
+            accepted = _body(self.conn, "ledger", self.type, id_)
+            self.ready(id_, out, accepted, only_sent=False, accepted=accepted)
         else:
             self.gone(id_, out, *self._ledger_twice(id_), only_sent=False)
 
@@ -418,7 +442,8 @@ class _Differ:
                    _live(snapshot, self.type, keys))
         for id_, (out, sent_hash, held) in merge_by_id(*streams):
             if out is not None and out.state == "ready":
-                self.ready(id_, out, held, only_sent=only_sent)
+                accepted = _body(self.conn, "ledger", self.type, id_) if sent_hash is not None else None
+                self.ready(id_, out, held, only_sent=only_sent, accepted=accepted)
             elif sent_hash is not None and held is not None:
                 self.gone(id_, out, _body(self.conn, "ledger", self.type, id_), held, only_sent=only_sent)
             # else: held and never accepted, or an Ometria record that is not ours (the detectors' business)

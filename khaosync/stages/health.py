@@ -258,9 +258,12 @@ def _push_errors_check(store: StateStore, rules: ReconcileRules, client: ErrorLo
     records is attributed once the record is in the failed-record index, or a later version of
     it was accepted since."""
     ours = {r for (r,) in store.conn.execute("SELECT request_id FROM push_batch WHERE request_id IS NOT NULL")}
-    unattributed, foreign, attributed = [], 0, 0
+    unattributed, foreign, attributed, anonymous = [], 0, 0, 0
     for entry in client.push_errors():
         request, type_, id_ = _field(entry, "request_id"), _field(entry, "record_type"), _field(entry, "record_id")
+        if request is None and not (type_ and id_):
+            anonymous += 1  # Ometria's documented form: push pins these by split retries and read-back
+            continue
         known = request in ours or (type_ and id_ and store.conn.execute(
             "SELECT 1 FROM ledger WHERE type = ? AND id = ? UNION ALL SELECT 1 FROM outbound_record "
             "WHERE type = ? AND id = ? LIMIT 1", (type_, id_, type_, id_)).fetchone())
@@ -277,7 +280,11 @@ def _push_errors_check(store: StateStore, rules: ReconcileRules, client: ErrorLo
               f"{len(unattributed)} error(s) about our records not recorded yet (run push, or see docs/runbook.md)")
     if foreign:
         detail += f"; {foreign} from other sources (not ours)"
-    return Check("push_errors", status, detail, {"unattributed": unattributed, "foreign": foreign})
+    if anonymous:
+        detail += (f"; {anonymous} name no request or record (the documented form: push pins them by split "
+                   "retries and read-back)")
+    return Check("push_errors", status, detail, {"unattributed": unattributed, "foreign": foreign,
+                                                  "anonymous": anonymous})
 
 
 def _attributed(store: StateStore, entry: Any, type_: str, id_: str) -> bool:

@@ -22,11 +22,12 @@ Ometria did not accept.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable, Iterator, Literal
@@ -35,6 +36,7 @@ from khaosync.config import Profile
 from khaosync.errors import KhaosyncError
 from khaosync.findings import owner_of, severity_of
 from khaosync.ometria import wire
+from khaosync.ometria.blanks import is_blank, stale_paths
 from khaosync.ometria.client import OmetriaClient, PushError
 from khaosync.ometria.errors import OmetriaRequestError
 from khaosync.store import StateStore, journal
@@ -200,6 +202,7 @@ class _Sender:
         self.client = client
         self._lock = threading.Lock()
         self._refusals = 0
+        self.logged_rejections = 0  # error-log entries our own answers' ``rejected`` account for
 
     def send(self, type_: str, records: list[tuple[str, bytes]]) -> BatchOutcome:
         outcome = BatchOutcome()
@@ -224,6 +227,7 @@ class _Sender:
             return
         with self._lock:
             self._refusals = 0
+            self.logged_rejections += answer.rejected
         outcome.request_id = outcome.request_id or answer.request_id
         if answer.rejected == 0:
             outcome.accepted.extend((record_id, answer.request_id) for record_id, _ in records)
@@ -281,6 +285,7 @@ class _PushRun:
         self.open_before: set[int] = set()
         self.raised: dict[int, str] = {}     # exception id -> type, this run
         self.must_verify: set[tuple[str, str]] = set()
+        self.seen_log: list[PushError] = []  # /push/_errors as last read, kept in the run's summary
         self._tokens_before = 0
 
     def execute(self, verify: Verify) -> PushResult:
@@ -292,14 +297,19 @@ class _PushRun:
         try:
             with self.store.transaction() as conn:
                 self.result.resumed_batches = len(journal.abandon_journaled(conn, utcnow()))
-            self.attribute_late_errors()
+            previous_log, previous_start = _previous_push(self.conn, self.run_id)
+            self.seen_log = self.attribute_late_errors()
+            self.read_back_on_anonymous_errors(previous_log, self.seen_log, 0, previous_start)
             with ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="push") as pool:
                 for type_ in TYPE_ORDER:
                     self.push_type(pool, type_)
             if sum(self.result.sent.values()):
                 if self.profile.ometria.verify_delay_s > 0:
                     self.client.wait(self.profile.ometria.verify_delay_s)
-                self.attribute_late_errors()
+                later = self.attribute_late_errors()
+                self.read_back_on_anonymous_errors(self.seen_log, later, self.sender.logged_rejections,
+                                                   previous_start)
+                self.seen_log = later
             self.verify(verify)
             self._settle_plan()
             status = "ok"
@@ -308,7 +318,8 @@ class _PushRun:
             self._count_exceptions()
             self.result.requests = (self.client.push_bucket.acquired + self.client.read_bucket.acquired
                                     - self._tokens_before)
-            self.store.finish_run(self.run_id, status, self.result.as_dict())
+            self.store.finish_run(self.run_id, status, {**self.result.as_dict(),
+                                                        "error_log_seen": [asdict(e) for e in self.seen_log]})
 
     # -- sending ---------------------------------------------------------------------------------
     def push_type(self, pool: ThreadPoolExecutor, type_: str) -> None:
@@ -408,12 +419,13 @@ class _PushRun:
         self.result.rejected[type_] += len(outcome.rejected)
 
     # -- errors Ometria logs after it answered -----------------------------------------------
-    def attribute_late_errors(self) -> None:
+    def attribute_late_errors(self) -> list[PushError]:
         """Entries of ``/push/_errors`` about a record the ledger says was accepted, by the very
         request that carried the ledger's version: Ometria refused it when it processed it, so
-        it leaves the ledger for the failed-record index (and is retried)."""
+        it leaves the ledger for the failed-record index (and is retried). Returns the log read."""
         now = utcnow()
-        for entry in self.client.push_errors():
+        entries = self.client.push_errors()
+        for entry in entries:
             if entry.record_id is None or entry.record_type is None:
                 if entry.request_id is not None:  # ours? then read back that request's records
                     self.must_verify.update(journal.ledger_rows_for_request(self.conn, entry.request_id))
@@ -430,6 +442,22 @@ class _PushRun:
                             {"error_message": entry.error_message, "error_path": entry.error_path,
                              "when": "after acceptance", "request_id": entry.request_id})
             self.result.failed_later[row.type] += 1
+        return entries
+
+    def read_back_on_anonymous_errors(self, before: list[PushError] | None, after: list[PushError],
+                                      explained: int, since: str | None) -> None:
+        """The documented error log names no request and no record: when it holds more new
+        entries of that kind than our own answers' ``rejected`` account for, Ometria refused
+        something it had accepted, and only a read-back can say what. Every ledger row not yet
+        read back since the previous push began is then verified (missing: out of the ledger,
+        into the failed records). ``before`` None: no earlier reading, every entry counts as new."""
+        fresh = after if before is None else after[:_new_entries(before, after)]
+        anonymous = sum(1 for e in fresh if e.record_id is None and e.request_id is None)
+        if anonymous > explained:
+            rows = journal.unverified_ledger_rows(self.conn, since)
+            log.info("/push/_errors: %d new entries name no record; reading back %d unverified records",
+                     anonymous - explained, len(rows))
+            self.must_verify.update(rows)
 
     # -- verification ---------------------------------------------------------------------------
     def verify(self, mode: Verify) -> None:
@@ -444,7 +472,7 @@ class _PushRun:
                 targets.setdefault(type_, []).append((id_, row.content_hash))
         for type_, wanted in targets.items():
             if wanted:
-                self._verify_type(type_, wanted, scan=mode == "all" and len(wanted) > LIST_SCAN_OVER)
+                self._verify_type(type_, wanted, scan=len(wanted) > LIST_SCAN_OVER)
 
     def _verify_type(self, type_: str, wanted: list[tuple[str, str]], scan: bool) -> None:
         """Read ``wanted`` back (one GET each, or by paging the list) and settle each: equal
@@ -453,6 +481,7 @@ class _PushRun:
         hashes = dict(wanted)
         verdicts: dict[str, list[str]] = {}  # id -> differing fields ([] = equal); absent = missing
         details: dict[str, dict] = {}
+        stale: dict[str, list[str]] = {}     # id -> fields we blanked that Ometria kept
         if scan:
             seen = self._scan(type_, hashes)
         else:
@@ -461,7 +490,8 @@ class _PushRun:
             if got is None:
                 continue
             sent = wire.loads(journal.ledger_body(self.conn, type_, id_) or b"{}")
-            verdicts[id_] = differences(sent, got)
+            stale[id_] = stale_paths(sent, got)
+            verdicts[id_] = [path for path in differences(sent, got) if path not in stale[id_]]
             if verdicts[id_]:
                 details[id_] = _mismatch_detail(type_, verdicts[id_], sent, got)
         now = utcnow()
@@ -470,6 +500,8 @@ class _PushRun:
             with self.store.transaction() as conn:
                 for id_, content_hash in items[start:start + PAGE]:
                     self._settle_verdict(conn, type_, id_, content_hash, verdicts.get(id_), details.get(id_), now)
+                    if id_ in stale:
+                        self._settle_stale(conn, type_, id_, stale[id_], now)
 
     def _settle_verdict(self, conn: Any, type_: str, id_: str, content_hash: str, fields: list[str] | None,
                         detail: dict | None, now: str) -> None:
@@ -487,6 +519,15 @@ class _PushRun:
             journal.set_verified(conn, type_, id_, content_hash, now)
             journal.resolve_record_exceptions(conn, STAGE, ("push_verification_mismatch",), type_, id_, now)
             self.result.verified[type_] += 1
+
+    def _settle_stale(self, conn: Any, type_: str, id_: str, fields: list[str], now: str) -> None:
+        """Fields we sent blank that Ometria still holds: it did not clear them (docs/push.md)."""
+        if not fields:
+            journal.resolve_record_exceptions(conn, STAGE, ("stale_field",), type_, id_, now)
+            return
+        self._raise(conn, "stale_field", type_, id_,
+                    f"Ometria kept {', '.join(fields[:10])} after accepting a blank for "
+                    f"{'it' if len(fields) == 1 else 'them'}: clear it in Ometria by hand", {"fields": fields})
 
     def _collection_of(self, id_: str) -> str:
         sent = wire.loads(journal.ledger_body(self.conn, "contact", id_) or b"{}")
@@ -539,6 +580,31 @@ class _PushRun:
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+def _new_entries(before: list[PushError], after: list[PushError]) -> int:
+    """How many entries at the head of ``after`` (newest first) came after ``before`` was read:
+    the fewest that make the rest of ``after`` the head of ``before`` (the log keeps 100)."""
+    for n in range(len(after) + 1):
+        tail = after[n:]
+        if tail == before[:len(tail)]:
+            return n
+    return len(after)
+
+
+def _previous_push(conn: Any, run_id: int) -> tuple[list[PushError] | None, str | None]:
+    """The error log the last finished push saw at its end, and when that push started."""
+    row = conn.execute("SELECT summary, started_at FROM run WHERE command = ? AND id < ? AND summary IS NOT NULL "
+                       "ORDER BY id DESC LIMIT 1", (STAGE, run_id)).fetchone()
+    if row is None:
+        return None, None
+    try:
+        seen = json.loads(row[0]).get("error_log_seen")
+    except (ValueError, AttributeError):
+        seen = None
+    if not isinstance(seen, list):
+        return None, row[1]
+    return [PushError.from_json(entry) for entry in seen], row[1]
+
+
 def _same_push(entry: PushError, row: journal.LedgerRow) -> bool:
     """Is this error about the version the ledger holds? By request id when the entry has one,
     else by time (an error logged after the ledger's acceptance)."""
@@ -558,8 +624,8 @@ def _same_push(entry: PushError, row: journal.LedgerRow) -> bool:
 
 def differences(sent: Any, got: Any, path: str = "") -> list[str]:
     """Paths of the fields we sent that Ometria holds differently. Fields Ometria adds are
-    ignored, directives (``@merge`` ...) are not stored, a field sent as null must be absent
-    or null, numbers compare exactly as decimals, and a boolean is never a number."""
+    ignored, directives (``@merge`` ...) are not stored, a field sent blank (null or "") must be
+    absent or the same, numbers compare exactly as decimals, and a boolean is never a number."""
     if isinstance(sent, dict):
         if not isinstance(got, dict):
             return [path or "(record)"]
@@ -569,7 +635,7 @@ def differences(sent: Any, got: Any, path: str = "") -> list[str]:
                 continue
             where = f"{path}.{key}" if path else key
             if key not in got:
-                if value is not None:
+                if not is_blank(value):  # a blank sent and nothing held: the same (no value)
                     out.append(where)
                 continue
             out.extend(differences(value, got[key], where))

@@ -213,6 +213,16 @@ def ledger_body(conn: sqlite3.Connection, type_: str, id_: str) -> bytes | None:
     return bytes(row[0]) if row else None
 
 
+def unverified_ledger_rows(conn: sqlite3.Connection, accepted_since: str | None) -> list[tuple[str, str]]:
+    """(type, id) of ledger rows never read back, accepted at or after ``accepted_since`` (None: any)."""
+    if accepted_since is None:
+        rows = conn.execute("SELECT type, id FROM ledger WHERE verified_at IS NULL ORDER BY type, id")
+    else:
+        rows = conn.execute("SELECT type, id FROM ledger WHERE verified_at IS NULL AND accepted_at >= ? "
+                            "ORDER BY type, id", (accepted_since,))
+    return rows.fetchall()
+
+
 def ledger_rows_for_request(conn: sqlite3.Connection, request_id: str) -> list[tuple[str, str]]:
     return conn.execute("SELECT type, id FROM ledger WHERE request_id = ? ORDER BY type, id", (request_id,)).fetchall()
 

@@ -10,7 +10,7 @@ from khaosync.store import open_store
 def test_one_module_per_failure_class_and_types_are_known():
     checks = registry()
     assert list(checks) == ["identifier_conflicts", "split_consignments", "products", "refunds", "consent",
-                            "purchase_history", "stalled_batches"]
+                            "purchase_history", "stalled_batches", "stale_fields"]
     for check in (c for group in checks.values() for c in group):
         assert check.type in findings.TYPES, check.name
         assert check.rule and check.mode in ("always", "ledger", "live")

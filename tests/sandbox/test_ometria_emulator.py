@@ -47,9 +47,13 @@ class FakeClock:
 
 
 def make_emulator(path: Path, clock: FakeClock, **options: Any) -> OmetriaEmulator:
-    """Generous rates unless a test is about rate limits."""
+    """Generous rates unless a test is about rate limits. Most tests read which rule refused a
+    record, so they switch on the detailed error log and ``Retry-After``; the documented
+    defaults (neither) have tests of their own below (``documented_emulator``)."""
     options.setdefault("push_rate", 1_000.0)
     options.setdefault("read_rate", 1_000.0)
+    options.setdefault("error_detail", True)
+    options.setdefault("retry_after", True)
     return OmetriaEmulator(path, KEY, clock=clock, sleep=clock.sleep, **options)
 
 
@@ -234,6 +238,21 @@ def test_push_needs_a_declared_length_and_refuses_huge_bodies(emu, api):
     nothing_arrived(api, emu)
 
 
+def test_a_body_cut_short_by_a_dying_sender_is_not_counted_as_the_clients_mistake(emu):
+    import io
+
+    body = json.dumps([product("P1")]).encode()
+    answers = []
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/ometria/v2/push", "QUERY_STRING": "",
+               "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "HTTP_X_OMETRIA_AUTH": KEY,
+               "wsgi.input": io.BytesIO(body[: len(body) // 2])}
+    reply = b"".join(emu(environ, lambda status, headers: answers.append(status)))
+    assert answers == ["400 Bad Request"] and b"Incomplete body" in reply
+    stats = emu.stats()
+    assert (stats["incomplete_requests"], stats["rejected_requests"], stats["queued"]) == (1, 0, 0)
+    assert emu.records("product") == []
+
+
 def test_every_push_answer_carries_the_queue_headers(db_path, clock):
     emu = make_emulator(db_path, clock, push_rate=2.0, queue_limit=1_000, processing_delay_s=60)
     with client_for(emu) as api:
@@ -363,7 +382,12 @@ REJECTED = [
      "root > billing_address > line1"),
     ("address country name", order(shipping_address={"country_code": "United Kingdom"}),
      "Invalid country: expected an ISO 3166-1 alpha-2 code", "root > shipping_address > country_code"),
-    ("merge flag on an order", order(**{"@merge": True}), "Unknown field", "root > @merge"),
+    ("merge flag null on an order", order(**{"@merge": None}), "Invalid type: expected a boolean", "root > @merge"),
+    ("order ip not an address", order(ip_address="localhost"), "Invalid value: expected an IP address",
+     "root > ip_address"),
+    ("sms channel unknown field", contact(channels={"sms": {"allow_marketing": True, "opt": 1}}), "Unknown field",
+     "root > channels > sms > opt"),
+    ("new order without a timestamp", without(order("O9"), "timestamp"), "Missing required field", "root > timestamp"),
     ("unknown order field", order(total=12.5), "Unknown field", "root > total"),
     # product
     ("price string", product(price="12.50"), "Invalid type: expected a number", "root > price"),
@@ -520,22 +544,41 @@ def test_queue_is_processed_in_order_so_products_pushed_first_count(db_path, clo
 
 
 # -- upsert rules -----------------------------------------------------------------------------
-def test_contacts_merge_the_fields_sent_and_null_clears(api, emu):
+def test_contacts_merge_the_fields_sent_and_objects_key_by_key(api, emu):
     accepted(push(api, [contact("C1", firstname="Ann", lastname="Lee", properties={"a": 1, "b": 2})]), 1)
     accepted(push(api, [contact("C1", lastname="Lee-Smith", properties={"a": 3})]), 1)
     accepted(push(api, [contact("C1", firstname="Anne", **{"@merge": True})]), 1)
-    accepted(push(api, [contact("C1", lastname=None)]), 1)
     emu.process_queue()
     assert emu.get("contact", "C1", "khaos") == {"@type": "contact", "@collection": "khaos", "id": "C1",
-                                                  "firstname": "Anne", "properties": {"a": 3}}
+                                                  "firstname": "Anne", "lastname": "Lee-Smith",
+                                                  "properties": {"a": 3, "b": 2}}
 
 
-def test_contacts_are_identified_by_collection_and_id(api, emu):
-    accepted(push(api, [contact("C1", firstname="Ann"), {**contact("C1", firstname="Bo"), "@collection": "web"}]), 2)
+@pytest.mark.parametrize("blanks,merge,kept", [("kept", False, True), ("cleared", False, False),
+                                               ("cleared", True, True), ("kept", True, True)])
+def test_a_blank_clears_only_when_the_emulator_says_so_and_never_with_merge(db_path, clock, blanks, merge, kept):
+    """The "Merge" page: without @merge blanks "may or may not" remove a value; with it, fields
+    not set are "copied from the existing record"."""
+    emu = make_emulator(db_path, clock, blanks=blanks)
+    emu.seed_record("product", product("P1"))
+    with client_for(emu) as api:
+        accepted(push(api, [order("O1", coupon_code="SAVE1", properties={"keycode": "K7", "tracking": "T1"})]), 1)
+        flag = {"@merge": True} if merge else {}
+        accepted(push(api, [{"@type": "order", "id": "O1", "coupon_code": None, "properties": {"keycode": ""},
+                             **flag}]), 1)
+        emu.process_queue()
+    stored = emu.get("order", "O1")
+    emu.close()
+    if kept:
+        assert (stored["coupon_code"], stored["properties"]) == ("SAVE1", {"keycode": "K7", "tracking": "T1"})
+    else:
+        assert "coupon_code" not in stored and stored["properties"] == {"tracking": "T1"}
+
+
+def test_a_blank_on_a_new_record_stores_nothing(api, emu):
+    accepted(push(api, [contact("C1", firstname="", lastname=None, properties={"a": None, "b": 1})]), 1)
     emu.process_queue()
-    assert emu.get("contact", "C1", "khaos")["firstname"] == "Ann"
-    assert emu.get("contact", "C1", "web")["firstname"] == "Bo"
-    assert api.get("/contacts").json() == [{"collection": "khaos", "count": 1}, {"collection": "web", "count": 1}]
+    assert emu.get("contact", "C1") == {"@type": "contact", "@collection": "khaos", "id": "C1", "properties": {"b": 1}}
 
 
 def test_products_merge_but_attributes_are_replaced_whole(api, emu):
@@ -547,7 +590,8 @@ def test_products_merge_but_attributes_are_replaced_whole(api, emu):
                                         "attributes": [{"type": "colour", "id": "blue"}]}
 
 
-def test_orders_are_replaced_whole_and_resending_is_safe(api, emu):
+def test_orders_merge_lines_are_replaced_whole_and_resending_is_safe(api, emu):
+    """Reference, upsert: a resend without ``coupon_code`` does not drop the coupon Ometria holds."""
     emu.seed_record("product", product("P1"))
     emu.seed_record("product", product("P2"))
     accepted(push(api, [order("O1", ("P1", "P2"), coupon_code="SAVE1", status="shipped")]), 1)
@@ -555,7 +599,85 @@ def test_orders_are_replaced_whole_and_resending_is_safe(api, emu):
     accepted(push(api, [refunded]), 1)
     accepted(push(api, [refunded]), 1)
     emu.process_queue()
-    assert emu.records("order") == [refunded]
+    assert emu.records("order") == [{**refunded, "coupon_code": "SAVE1"}]
+
+
+def test_a_partial_record_for_an_unknown_id_is_refused_at_once(api, emu):
+    """Creation still needs the required fields; only an existing record may be partial."""
+    accepted(push(api, [{"@type": "order", "id": "O404", "status": "cancelled", "is_valid": False}]), 0, rejected=1)
+    assert [(e["error_message"], e["error_path"]) for e in push_errors(api)] == [
+        ("Missing required field", "root > timestamp")]
+    assert emu.records("order") == []
+
+
+def test_a_partial_record_queued_behind_a_failed_creation_fails_when_processed(db_path, clock):
+    emu = make_emulator(db_path, clock, processing_delay_s=60)
+    with client_for(emu) as api:
+        accepted(push(api, [order("O1", ("P404",))]), 1)  # accepted, then refused: no such product
+        accepted(push(api, [{"@type": "order", "id": "O1", "status": "cancelled"}]), 1)  # an update of a queued one
+        emu.process_queue()
+        assert [(e["record_id"], e["error_path"]) for e in push_errors(api)] == [
+            ("O1", "root > timestamp"), ("O1", "root > lineitems > 0 > product_id")]
+    assert emu.records("order") == []
+    emu.close()
+
+
+# -- Ometria's own documented examples, in-process and through ``sandbox serve`` -------------------
+CANCELLATION = [{"@type": "order", "id": "123551", "status": "cancelled", "is_valid": False}]  # Push API page
+EMAIL_FIRST = [{"@collection": "default", "@type": "contact", "timestamp_acquired": "2018-04-19T09:00:00+00",
+                "id": "uuid_4567", "customer_id": "uuid_4567", "email": "bob@ometria.com",
+                "marketing_optin": "EXPLICITLY_OPTEDIN", "@force_optin": True}]  # "Changing a contact's email address"
+EMAIL_CHANGE = [{"@collection": "default", "@type": "contact", "id": "uuid_4567", "customer_id": "uuid_4567",
+                 "email": "bobby@ometria.com"}]
+STOCK_UPDATE = [{"@type": "product", "id": "1042", "is_in_stock": False, "@merge": True}]  # magento2-extension Inventory.php
+
+
+def documented_examples(api: httpx.Client, settle: Any) -> None:
+    """Drive the three documented examples through ``api`` (``settle`` processes the queue)."""
+    placed = order("123551", ("1042",), coupon_code="WELCOME", status="complete", is_valid=True)
+    for records in ([product("1042", is_in_stock=True, sku="MUG-1")], [placed], CANCELLATION, EMAIL_FIRST,
+                    EMAIL_CHANGE, STOCK_UPDATE):
+        accepted(push(api, records), len(records))
+        settle()
+
+    def read(path: str, **params: str) -> Any:
+        settle()  # also spaces the reads: a served account allows 4 a second
+        response = api.get(path, params=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert read("/push/_errors") == []
+    assert read("/orders/123551") == {**placed, "status": "cancelled", "is_valid": False}
+    bob = read("/contacts/default/uuid_4567")
+    assert (bob["email"], bob["marketing_optin"], bob["timestamp_acquired"]) == (
+        "bobby@ometria.com", "EXPLICITLY_OPTEDIN", "2018-04-19T09:00:00+00")
+    [profile] = read("/profiles", email="bobby@ometria.com")
+    assert profile["contacts"] == [{"collection": "default", "id": "uuid_4567"}]
+    assert read("/products/1042") == product("1042", is_in_stock=False, sku="MUG-1")
+
+
+def test_ometrias_documented_examples_behave_as_documented(api, emu):
+    documented_examples(api, emu.process_queue)
+
+
+def test_ometrias_documented_examples_through_sandbox_serve(tmp_path):
+    from khaosync.sandbox.server import SandboxApp, ServedSandbox
+
+    with ServedSandbox(SandboxApp(tmp_path / "sandbox", KEY)) as served:
+        with httpx.Client(base_url=f"{served.base_url}/ometria/v2", headers={"X-Ometria-Auth": KEY}) as api:
+            documented_examples(api, lambda: time.sleep(0.3))  # serve's own rate: 8 pushes/s, 4 reads/s
+
+
+def test_fields_public_clients_send_are_accepted(api, emu):
+    """rudder-transformer's contact ``channels.sms`` and order ``ip_address``."""
+    emu.seed_record("product", product("P1"))
+    sms = {"allow_marketing": True, "allow_transactional": False, "dt_updated_marketing": "2026-10-01T09:00:00Z",
+           "dt_updated_transactional": "2026-10-01T09:00:00Z"}
+    accepted(push(api, [contact("C1", email="ann@example.com", channels={"sms": sms})]), 1)
+    accepted(push(api, [order("O1", ip_address="203.0.113.9"), order("O2", ip_address="2001:db8::1")]), 2)
+    emu.process_queue()
+    assert emu.get("contact", "C1")["channels"] == {"sms": sms}
+    assert [o["ip_address"] for o in emu.records("order")] == ["203.0.113.9", "2001:db8::1"]
 
 
 @settings(max_examples=25, deadline=None)
@@ -606,7 +728,11 @@ def test_email_held_by_another_contact_is_silently_dropped(api, emu):
 
 def test_an_email_released_by_its_contact_can_be_taken(api, emu):
     accepted(push(api, [contact("C1", email="ann@example.com")]), 1)
-    accepted(push(api, [contact("C1", email=None)]), 1)
+    accepted(push(api, [contact("C1", email=None)]), 1)  # a blank: the email stays on C1
+    accepted(push(api, [contact("C2", email="ann@example.com")]), 1)
+    emu.process_queue()
+    assert "email" not in emu.get("contact", "C2")
+    accepted(push(api, [contact("C1", email="ann.new@example.com")]), 1)  # changed: released
     accepted(push(api, [contact("C2", email="ann@example.com")]), 1)
     emu.process_queue()
     assert emu.get("contact", "C2")["email"] == "ann@example.com"
@@ -743,6 +869,36 @@ def test_error_log_holds_the_100_most_recent_newest_first(api):
     assert len(log) == 100
     assert [entry["record_id"] for entry in log] == [f"B{i:03d}" for i in range(119, 19, -1)]
     assert api.get("/push/_errors", params={"limit": 10}).status_code == 400
+
+
+def documented_emulator(db_path: Path, clock: FakeClock, **options: Any) -> OmetriaEmulator:
+    """The emulator as ``sandbox serve`` and the sandbox profile run it: documented error log, no Retry-After."""
+    return OmetriaEmulator(db_path, KEY, clock=clock, sleep=clock.sleep, **options)
+
+
+def test_the_error_log_carries_only_the_documented_fields_by_default(db_path, clock):
+    emu = documented_emulator(db_path, clock, push_rate=1_000.0, read_rate=1_000.0)
+    with client_for(emu) as api:
+        accepted(push(api, [product("P1", price="9.99"), sized_product("P2", 61_441), product("P3")]), 1, rejected=2)
+        accepted(push(api, [order("O1", ("P404",))]), 1)  # refused later, when processed
+        assert push_errors(api) == [
+            {"error_message": "not a valid value", "error_path": "root > lineitems > 0 > product_id"},
+            {"error_message": "Payload invalid: Record is too large.", "error_path": "root"},
+            {"error_message": "not a valid value", "error_path": "root > price"},
+        ]
+    emu.close()
+
+
+def test_a_429_carries_no_retry_after_by_default(db_path, clock):
+    emu = documented_emulator(db_path, clock, push_rate=1.0, read_rate=1.0, queue_limit=1)
+    with client_for(emu) as api:
+        assert push(api, [product("P1")]).status_code == 200
+        throttled = push(api, [product("P2")])
+        clock.advance(5)
+        full = push(api, [product("P3"), product("P4")])  # over the queue limit of 1
+    assert (throttled.status_code, full.status_code) == (429, 429)
+    assert "Retry-After" not in throttled.headers and "Retry-After" not in full.headers
+    emu.close()
 
 
 # -- read-back --------------------------------------------------------------------------------

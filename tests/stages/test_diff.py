@@ -43,6 +43,10 @@ def test_fields_compare_exactly_and_name_nested_paths():
                                                                                         D("0.10000000001"))}
     assert field_changes({"title": "x", "web": 1}, {"title": "x"}, only_sent=True) == {}
     assert field_changes({"title": "x", "web": 1}, {"title": "x"}) == {"web": FieldChange(1, MISSING)}
+    # null, "" and absent are all "no value": a blank we sent is not a change against nothing held
+    assert field_changes({"coupon_code": None, "note": ""}, {}) == {}
+    assert field_changes({"coupon_code": "SAVE1"}, {"coupon_code": None}) == {
+        "coupon_code": FieldChange("SAVE1", MISSING)}
 
 
 def test_voiding_orders_and_products_and_never_contacts():

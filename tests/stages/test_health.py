@@ -167,6 +167,14 @@ def test_push_errors_about_our_records_must_be_recorded(healthy):
     assert by_name(check_health(healthy, now=NOW, live_client=log))["push_errors"] == "ok"
 
 
+def test_documented_error_entries_are_counted_apart_not_called_foreign(healthy):
+    log = ErrorLog([{"error_message": "not a valid value", "error_path": "root > price"},
+                    {"error_message": "not a valid value", "error_path": "root > email"}])
+    check = next(c for c in check_health(healthy, now=NOW, live_client=log).checks if c.name == "push_errors")
+    assert check.status == "ok" and (check.data["anonymous"], check.data["foreign"]) == (2, 0)
+    assert "2 name no request or record" in check.detail and "other sources" not in check.detail
+
+
 def test_a_run_killed_mid_way_is_reported(healthy):
     add_run(healthy, "push", NOW, status="running", started=NOW - timedelta(hours=9))
     report = check_health(healthy, now=NOW)

@@ -279,16 +279,22 @@ def test_a_superseded_plan_is_refused(tmp_path: Path) -> None:
 
 # -- refusals --------------------------------------------------------------------------------------
 
-def strip_error_ids(request: httpx.Request, inner: httpx.WSGITransport) -> httpx.Response:
-    """/push/_errors as a real Ometria might answer it: message and path only."""
-    answer = inner.handle_request(request)
-    answer.read()
-    entries = [{"error_message": e["error_message"], "error_path": e["error_path"]} for e in json.loads(answer.content)]
-    return httpx.Response(200, json=entries)
+@pytest.fixture
+def detailed(tmp_path: Path) -> OmetriaEmulator:
+    """The emulator whose error log names request, record and rule (``error_detail``): not
+    documented, so khaosync uses it when there and never needs it."""
+    emu = OmetriaEmulator(tmp_path / "ometria-detailed.db", KEY, push_rate=1000, read_rate=1000, error_detail=True)
+    yield emu
+    emu.close()
 
 
-@pytest.mark.parametrize("error_log", ["attributed", "anonymous"])
-def test_rejected_records_are_isolated_and_indexed(tmp_path: Path, emulator: OmetriaEmulator, error_log: str) -> None:
+@pytest.mark.parametrize("error_log", ["attributed", "documented"])
+def test_rejected_records_are_isolated_and_indexed(tmp_path: Path, emulator: OmetriaEmulator,
+                                                   detailed: OmetriaEmulator, error_log: str) -> None:
+    """``documented``: /push/_errors as Ometria documents it ({error_message, error_path}, the
+    generic message), the emulator's default: every rejection is still pinned to its record."""
+    if error_log == "attributed":
+        emulator = detailed
     docs = merchant(100, 60, 0)
     bad = {"P0003": "Invalid type: expected a number", "P0042": "Invalid url: expected an absolute http(s) URL",
            "P0077": "Invalid type: expected a number", "C0010": "Invalid email address"}
@@ -297,8 +303,6 @@ def test_rejected_records_are_isolated_and_indexed(tmp_path: Path, emulator: Ome
     docs[77]["price"] = "free"
     docs[100 + 10]["email"] = "not-an-email"
     spy = Spy(emulator)
-    if error_log == "anonymous":
-        spy.before = lambda r: strip_error_ids(r, spy.inner) if r.url.path.endswith("/push/_errors") else None
     profile = make_profile(tmp_path)
     with open_store(profile.state) as store:
         make_plan(store, "plan-1", docs)
@@ -328,7 +332,7 @@ def test_rejected_records_are_isolated_and_indexed(tmp_path: Path, emulator: Ome
     assert all(size <= 100 for _, size, _ in spy.pushes)
     good = [d for d in docs if d["id"] not in bad]
     assert_holds_exactly(emulator, good)
-    if error_log == "anonymous":  # halving: more pushes than batches, each half smaller
+    if error_log == "documented":  # halving: more pushes than batches, each half smaller
         assert len(spy.pushes) > 2 and min(size for _, size, _ in spy.pushes) == 1
 
 
@@ -410,12 +414,12 @@ def test_a_revoked_key_fails_at_once_with_exit_3(tmp_path: Path, emulator: Ometr
 
 # -- what Ometria refuses after it answered -----------------------------------------------------------
 
-def test_a_late_error_is_attributed_in_the_same_run(tmp_path: Path, emulator: OmetriaEmulator) -> None:
+def test_a_late_error_is_attributed_in_the_same_run(tmp_path: Path, detailed: OmetriaEmulator) -> None:
     docs = [product(1), order(1, "P0001"), order(2, "P0404")]  # P0404: a product Ometria does not hold
     profile = make_profile(tmp_path)
     with open_store(profile.state) as store:
         make_plan(store, "plan-1", docs)
-        result = push_plan(store, profile, client_for(profile, Spy(emulator)), None, commit=True)
+        result = push_plan(store, profile, client_for(profile, Spy(detailed)), None, commit=True)
         assert result.accepted["order"] == 2 and result.failed_later["order"] == 1
         assert ("order", "O0002") not in ledger(store) and ("order", "O0001") in ledger(store)
         [failed] = journal.failed_records(store.conn)
@@ -424,10 +428,42 @@ def test_a_late_error_is_attributed_in_the_same_run(tmp_path: Path, emulator: Om
         assert finding.record_key == "O0002" and "refused when Ometria processed it" in finding.reason
 
 
-def test_a_late_error_is_attributed_on_the_next_run(tmp_path: Path) -> None:
+def many_orders(n: int) -> list[dict]:
+    """A product, ``n`` orders of it, and one order of a product Ometria does not hold (O0999)."""
+    return [product(1), *(order(i, "P0001") for i in range(n)), order(999, "P0404")]
+
+
+def assert_only_the_bad_order_left_the_ledger(store: StateStore, n: int) -> None:
+    assert {i for t, i in ledger(store) if t == "order"} == {f"O{i:04d}" for i in range(n)}
+    [failed] = journal.failed_records(store.conn)
+    assert (failed["id"], failed["error_message"]) == ("O0999", "accepted but not found on read-back")
+    [finding] = store.exceptions(open_only=True, type="push_verification_mismatch")
+    assert finding.record_key == "O0999"
+
+
+def test_a_late_error_in_the_documented_log_is_found_by_reading_back(tmp_path: Path,
+                                                                     emulator: OmetriaEmulator) -> None:
+    """The documented log names no record: the new entry makes push read back every record it
+    has not verified yet, beyond the sample (verify_sample 2 here), so the refused one is found."""
+    profile = make_profile(tmp_path, verify_sample=2)
+    with open_store(profile.state) as store:
+        make_plan(store, "plan-1", many_orders(30))
+        result = push_plan(store, profile, client_for(profile, Spy(emulator)), None, commit=True)
+        assert result.accepted["order"] == 31 and result.mismatched == Counter({"order": 1})
+        assert result.verified["order"] == 30 and result.verified["product"] == 1
+        assert_only_the_bad_order_left_the_ledger(store, 30)
+        # the next run sees the same log: nothing new, so no read-back beyond its own sample
+        make_plan(store, "plan-2", [contact(1)])
+        spy = Spy(emulator)
+        again = push_plan(store, profile, client_for(profile, spy), "plan-2", commit=True)
+        assert sum(again.verified.values()) == 1 and spy.reads == 2 + 1
+
+
+@pytest.mark.parametrize("error_log", ["attributed", "documented"])
+def test_a_late_error_is_attributed_on_the_next_run(tmp_path: Path, error_log: str) -> None:
     queue_clock = FakeTime()
     emu = OmetriaEmulator(tmp_path / "ometria.db", KEY, push_rate=1000, read_rate=1000, processing_delay_s=60,
-                          clock=queue_clock.clock)
+                          clock=queue_clock.clock, error_detail=error_log == "attributed")
     profile = make_profile(tmp_path)
     with open_store(profile.state) as store:
         make_plan(store, "plan-1", [product(1), order(1, "P0001"), order(2, "P0404")])
@@ -436,11 +472,16 @@ def test_a_late_error_is_attributed_on_the_next_run(tmp_path: Path) -> None:
         queue_clock.sleep(120)  # Ometria gets round to it
         make_plan(store, "plan-2", [contact(1)])
         second = push_plan(store, profile, client_for(profile, Spy(emu)), "plan-2", commit=True, verify="none")
-        assert second.failed_later == Counter({"order": 1})
         assert set(ledger(store)) == {("product", "P0001"), ("order", "O0001"), ("contact", "C0001")}
         [failed] = journal.failed_records(store.conn)
-        assert failed["id"] == "O0002" and "product does not exist" in failed["error_message"]
-        assert second.exceptions == Counter({"push_rejected": 1}) and second.fail_findings == 1
+        if error_log == "attributed":
+            assert second.failed_later == Counter({"order": 1})
+            assert failed["id"] == "O0002" and "product does not exist" in failed["error_message"]
+            assert second.exceptions == Counter({"push_rejected": 1}) and second.fail_findings == 1
+        else:  # the new anonymous entry: every record the first run left unverified is read back
+            assert second.mismatched == Counter({"order": 1}) and second.verified["order"] == 1
+            assert failed["id"] == "O0002" and failed["error_message"] == "accepted but not found on read-back"
+            assert second.exceptions == Counter({"push_verification_mismatch": 1})
         # nothing Ometria refused stays in the ledger, and what it holds is all there
         emu.process_queue()
         assert {("order", i) for i in held(emu, "order")} | {("product", i) for i in held(emu, "product")} | {
@@ -527,6 +568,7 @@ def test_differences_are_exact() -> None:
     assert differences({"is_valid": True}, {"is_valid": 1}) == ["is_valid"]
     assert differences({"qty": 1}, {"qty": True}) == ["qty"]
     assert differences({"a": None}, {}) == [] and differences({"a": None}, {"a": 1}) == ["a"]
+    assert differences({"a": ""}, {}) == [] and differences({"a": ""}, {"a": "x"}) == ["a"]  # "" is a blank too
     assert differences({"@merge": True, "x": [1, 2]}, {"x": [1]}) == ["x"]
 
 

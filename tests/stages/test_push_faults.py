@@ -166,19 +166,19 @@ def test_bursts_of_429_are_waited_out(world) -> None:
         result = push_all(state, settings_for(sandbox.base_url, push_rate=30, retries=2), verify="none")
         stats = sandbox.server.get_app().ometria.stats()  # type: ignore[attr-defined]
     assert stats["throttled"] >= 1 and stats["injected_failures"] == 0
+    assert sandbox.server.get_app().ometria.retry_after is False  # type: ignore[attr-defined]  # as documented: none
     assert sum(result.accepted.values()) == 300
     assert_complete(folder, state, docs)
 
 
 def test_slow_answers_with_everything_at_once(world) -> None:
     folder, state, docs = world
+    # How fast requests in flight fill a slow API's allowance is bench/push.py's figure: a test
+    # asserts no timing (it must pass on a loaded machine), only that nothing is lost or doubled.
     with served(folder, Faults(fail_rate=0.1, latency_ms=120, rate_limit=20, seed=5), after_commit=True) as sandbox:
-        started = time.monotonic()
         result = push_all(state, settings_for(sandbox.base_url, push_rate=20, push_in_flight=6))
-        elapsed = time.monotonic() - started
     assert sum(result.accepted.values()) == 300 and result.fail_findings == 0
     assert_complete(folder, state, docs)
-    assert elapsed < 15
 
 
 # -- killed at random points ----------------------------------------------------------------------------
@@ -264,5 +264,8 @@ def test_a_killed_push_is_completed_by_the_next_run(tmp_path: Path, trial: int) 
         result = push_all(state, settings_for(sandbox.base_url, verify_sample=10))
         stats = sandbox.server.get_app().ometria.stats()  # type: ignore[attr-defined]
     assert sum(result.mismatched.values()) == 0
+    # A push killed while its body was on the wire arrives short: counted as incomplete, never
+    # as a bad request of ours. Nor is a 429: on a loaded machine a child's requests can bunch
+    # up against the account's rate, and waiting them out is the client's job, not a fault.
     assert stats["max_records_per_request"] <= BATCH and stats["rejected_requests"] == 0
     assert_complete(folder, state, docs)
