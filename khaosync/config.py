@@ -140,6 +140,9 @@ class PullSettings(Strict):
     order_status_lookback_days: int = Field(default=60, ge=0, le=3660,
                                             description="completed orders placed this recently are re-read for "
                                                         "late cancellations")
+    reexport_open_orders: bool = Field(
+        default=False, description="also export every order the status sweep asks about again (one ExportOrders "
+                                   "call each), for sites where orders are edited after they are placed")
     stock_status: Literal["all", "changed", "off"] = Field(
         default="all", description="stock levels read each run for every staged item, only changed ones, or none")
 

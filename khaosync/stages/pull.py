@@ -495,8 +495,10 @@ class SoapSource:
                     continue
                 order = kparse.Parsed("sales_order", key, attach.own_raw(staged.raw),
                                       SalesOrder.model_validate(staged.parsed), [])
-                if isinstance(status.record, OrderStatus) and order.record.order_amount is not None \
-                        and status.record.gross_total is not None and status.record.gross_total != order.record.order_amount:
+                edited = (isinstance(status.record, OrderStatus) and order.record.order_amount is not None
+                          and status.record.gross_total is not None
+                          and status.record.gross_total != order.record.order_amount)
+                if edited or self.profile.pull.reexport_open_orders:
                     again, bad = read_document("sales_order", self.client.export_orders(code))
                     rejected.extend(bad)
                     fresh = [p for p in again if p.key == key and p.record is not None]
