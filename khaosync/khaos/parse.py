@@ -64,6 +64,9 @@ from khaosync.khaos.models import (
 from khaosync.currency import CURRENCIES, is_currency, minor_units  # noqa: F401 (re-exported)
 
 STAGE = "pull"
+# No KC record is anywhere near this (a large order with its status is a few KB): a record
+# over it is staged with a problem rather than passed on silently.
+MAX_RECORD_BYTES = 1 * 2**20
 DUPLICATE = "duplicate_in_response"  # an exception type (khaosync.findings)
 
 # One currency list for pull and map (khaosync/currency.py).
@@ -1075,7 +1078,10 @@ def build_record(model: type[ErpRecord], key: str | None, raw: bytes, fields: di
     problems already found that leave it usable. Shared with the file source.
     """
     entity = model.ENTITY
-    extra = extra or []
+    extra = list(extra or [])
+    if len(raw) > MAX_RECORD_BYTES:
+        extra.append(problem(entity, key, f"record is {len(raw):,} bytes, over {MAX_RECORD_BYTES:,}: a runaway field? "
+                                          "staged as it is; check it in Khaos Control"))
     reasons = list(errors)
     record = None
     if fields is not None:

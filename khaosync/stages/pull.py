@@ -125,6 +125,11 @@ def read_document(entity: str, document: bytes) -> tuple[list[kparse.Parsed], li
         return [], [(None, f"unreadable {root} document: {reason_whole}", document)]
     parsed: list[kparse.Parsed] = []
     rejected: list[tuple[str | None, str, bytes]] = []
+    prolog = document[:document.find(pieces[0].raw[:64])] if pieces[0].raw[:64] in document else b""
+    if b"<!" in prolog.replace(b"<!--", b""):
+        # A declaration before the records (a DTD, an entity) belongs to no record: kept on its own.
+        rejected.append((None, f"unreadable {root} document: {reason_whole}; its records were read one by one",
+                         prolog))
     seen: set[str] = set()
     for piece in pieces:
         try:
