@@ -10,7 +10,6 @@ encodes as the WSDL declares it.
 
 from __future__ import annotations
 
-import base64
 import io
 import zipfile
 from datetime import datetime
@@ -87,17 +86,17 @@ class KhaosMethods:
         return out
 
     # -- handlers: each returns the text of <return> ------------------------------------
-    def _get_site_list(self, world: World, req: Request) -> str:
+    def _get_site_list(self, world: World, req: Request) -> dict:
         sites = world.get_meta("sites") or DEFAULT_SITES
         pairs = [(s["site_id"], s["site_name"]) if isinstance(s, dict) else (s[0], s[1]) for s in sites]
-        return render.render_site_list(pairs)
+        return {"List": [{"SiteID": int(site_id), "SiteName": name} for site_id, name in pairs]}
 
     def _get_company_list(self, world: World, req: Request) -> str:
         since = req.when("LastUpdated")
         docs = world.iter("company", updated_since=_canonical(since))
         # The SQL filter compares canonical strings; check as datetimes too, as KC would.
         codes = [d["company_code"] for d in docs if _after(d["updated"], since)]
-        return render.render_company_list(codes)
+        return {"List": [{"CompanyCode": code} for code in codes]}
 
     def _export_company(self, world: World, req: Request) -> str:
         if req.number("MappingType") != 1:
@@ -105,11 +104,11 @@ class KhaosMethods:
         docs = self._by_field(world, "company", "company_code", kc_list(req.text("CompanyCode")))
         return render.document("COMPANYS", self._render_records(world, "company", docs, render.render_company))
 
-    def _import_company(self, world: World, req: Request) -> str:
+    def _import_company(self, world: World, req: Request) -> dict:
         req.number("Method")  # required and numeric; the sandbox has one import behaviour: update
         root = _parse_customers(req.text("Customers") or "")
         clock = world.clock or datetime.now(LONDON).strftime(KC_FORMAT)
-        urns: list[str] = []
+        urns: dict[str, str] = {}
         for company in root.findall("COMPANY"):
             code = (company.findtext("COMPANY_CODE") or "").strip()
             if not code:
@@ -118,20 +117,23 @@ class KhaosMethods:
                 _apply_consent(doc, company)
                 doc["updated"] = clock
                 world.put("company", doc)
-                urns.append(code)
-        return render.render_import_result(list(dict.fromkeys(urns)))
+                urns.setdefault(code, doc.get("web_user") or "")
+        return {"CustomerImport": [{"URN": urn, "WebUser": web_user} for urn, web_user in urns.items()]}
 
-    def _get_stock_list(self, world: World, req: Request) -> str:
-        if req.number("DateType") != -1:
-            raise client_fault("GetStockList: only DateType -1 (last changed) is supported")
-        since = req.when("DateValue")
-        item_type = req.number("StockItemType")
+    def _get_stock_list(self, world: World, req: Request) -> dict:
+        # Two accepted forms: the real site's (LastUpdated) and the connector's (DateType, DateValue, StockItemType).
+        if req.has("LastUpdated"):
+            since, item_type = req.when("LastUpdated"), 0
+        else:
+            if req.number("DateType") != -1:
+                raise client_fault("GetStockList: only DateType -1 (last changed) is supported")
+            since, item_type = req.when("DateValue"), req.number("StockItemType")
         items = [
-            (d["stock_code"], d["parent_code"] or None)
+            {"StockCode": d["stock_code"], "ParentCode": d["parent_code"] or ""}
             for d in world.iter("stock_item", updated_since=_canonical(since))
-            if item_type in (0, d["stock_type"])
+            if item_type in (0, d["stock_type"]) and _after(d["updated"], since)
         ]
-        return render.render_stock_list(items)
+        return {"Count": len(items), "List": items}
 
     def _stock_docs(self, world: World, req: Request, codes_param: str) -> list[dict]:
         mapping = req.number("MappingType")
@@ -146,7 +148,7 @@ class KhaosMethods:
         docs = self._stock_docs(world, req, "StockCode")
         return render.document("STOCK_ITEMS", self._render_records(world, "stock_item", docs, render.render_stock_item))
 
-    def _export_stock_compressed(self, world: World, req: Request) -> str:
+    def _export_stock_compressed(self, world: World, req: Request) -> dict:
         if req.number("CompressionMethod") != 0:
             raise client_fault("ExportStockCompressed: CompressionMethod must be 0 (zip)")
         document = self._export_stock(world, req)
@@ -154,14 +156,20 @@ class KhaosMethods:
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             # A fixed timestamp: the same world gives the same bytes.
             archive.writestr(zipfile.ZipInfo("StockExport.xml", date_time=(2000, 1, 1, 0, 0, 0)), document.encode("utf-8"))
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
+        return {"Data": buffer.getvalue()}
 
     def _export_stock_status(self, world: World, req: Request) -> str:
-        req.number("SiteID")
-        docs = self._stock_docs(world, req, "StockCodes")
+        if req.has("SiteID"):
+            req.number("SiteID")
+        docs = self._stock_docs(world, req, "StockCode")
         return render.document("STOCK_ITEMS", (render.render_stock_status(d) for d in docs))
 
     def _export_orders(self, world: World, req: Request) -> str:
+        if req.has("OrderCode"):  # the real site: one order by code (MappingType 1 = SOrderCode, assumed)
+            if req.number("MappingType") != 1:
+                raise client_fault("ExportOrders: MappingType must be 1 (SOrderCode)")
+            docs = self._by_field(world, "sales_order", "sorder_code", [req.text("OrderCode") or ""])
+            return render.document("SALES_ORDERS", self._render_records(world, "sales_order", docs, render.render_sales_order))
         date_from, date_to = req.when("DateFrom"), req.when("DateTo")
         date_type = req.number("DateType")
         lo, hi = _canonical(date_from), _canonical(date_to)
@@ -189,8 +197,9 @@ class KhaosMethods:
             raise client_fault("ExportOrderStatusEx: MappingType must be 3 (SOrderCode), 4 (AssociatedRef) or 5 (SOrderID)")
         date_from = req.when("DateFrom") if req.has("DateFrom") else None
         date_to = req.when("DateTo") if req.has("DateTo") else None
-        include_tracking = req.flag("IncludeTracking", False)
-        include_cancelled = req.flag("IncludeCancelled", False)
+        # The real answer carries tracking and cancellations (KSDXMLOrderStatusEx.xml) unless asked otherwise.
+        include_tracking = req.flag("IncludeTracking", True)
+        include_cancelled = req.flag("IncludeCancelled", True)
         stages_text = req.text("InvoiceStageIDs") or ""
         stage_ids = frozenset(parse_int("InvoiceStageIDs", s) for s in kc_list(stages_text)) or None
         out: list[str] = []

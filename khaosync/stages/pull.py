@@ -218,7 +218,7 @@ class SoapSource:
         while True:
             # The last window is open-ended: whatever a KC clock ahead of ours has already written.
             end = FAR_FUTURE if start >= horizon else min(start + width, horizon)
-            document = self.client.export_orders(start, end, by="updated")
+            document = self.client.export_orders_window(start, end, by="updated")
             if document.count(b"<SALES_ORDER>") > 4 * settings.orders_per_request and width > narrowest \
                     and end != FAR_FUTURE:
                 # Far too many to hold at once (a sparse stretch widened the window just before a

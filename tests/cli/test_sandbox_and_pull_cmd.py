@@ -60,7 +60,7 @@ def test_manifest_counts_match_what_the_emulators_serve(runner, tmp_path):
     since = datetime(2000, 1, 1, tzinfo=timezone.utc)
     assert len(client.get_company_list(since)) == manifest["counts"]["companies"]
     assert len(client.get_stock_list(since)) == manifest["counts"]["stock_items"]
-    orders, rejected = read_document("sales_order", client.export_orders(since, datetime(2100, 1, 1, tzinfo=timezone.utc)))
+    orders, rejected = read_document("sales_order", client.export_orders_window(since, datetime(2100, 1, 1, tzinfo=timezone.utc)))
     served_twice = len(manifest["faults"]["duplicate_in_response"]["sales_order"])
     assert len(orders) + len(rejected) == manifest["counts"]["sales_orders"] + served_twice
     ometria = httpx.Client(transport=httpx.WSGITransport(app=app_), base_url="https://sandbox.khaosync.invalid/ometria/v2",

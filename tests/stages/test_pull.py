@@ -225,7 +225,7 @@ def test_file_source_stages_the_same_records_as_soap(tmp_path, sandbox):
     since = datetime(2000, 1, 1, tzinfo=timezone.utc)
     (exports / "companies.xml").write_bytes(client.export_company(client.get_company_list(since)))
     (exports / "stock.xml").write_bytes(client.export_stock([c for c, _ in client.get_stock_list(since)]))
-    orders = client.export_orders(since, datetime(2100, 1, 1, tzinfo=timezone.utc), by="updated")
+    orders = client.export_orders_window(since, datetime(2100, 1, 1, tzinfo=timezone.utc), by="updated")
     (exports / "sales_orders.xml").write_bytes(orders)
     from khaosync.khaos.parse import parse_sales_orders
     ids = [p.key for p in _safe(parse_sales_orders, orders) if p.key]
