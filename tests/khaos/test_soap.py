@@ -668,3 +668,28 @@ def test_replay_refuses_requests_the_cassette_does_not_hold() -> None:
     client = KhaosClient(KhaosSettings(soap_url=CASSETTE_SOAP_URL, retries=0), transport=httpx.WSGITransport(app=_no_emulator))
     with cassette_vcr.use_cassette("test_cassette_lists.yaml"), pytest.raises(CannotOverwriteExistingCassetteException):
         client.get_site_list()  # no credentials: a different body from the recorded one
+
+
+# -- the client against the emulator in-process, in the ways sites differ ----------------
+
+@pytest.mark.parametrize("multiref", [True, False], ids=["multiref", "inline"])
+def test_the_client_against_a_session_site_in_both_encodings(tmp_path: Path, multiref: bool) -> None:
+    from khaosync.sandbox.khaos_emulator import KhaosEmulator
+
+    _world(tmp_path)
+    app = KhaosEmulator(tmp_path, credentials=(CASSETTE_USER, CASSETTE_PASSWORD), credentials_mode="session",
+                        multiref=multiref, stock_list_form="date_type")
+    creds = KhaosCredentials(username=CASSETTE_USER, password=SecretStr(CASSETTE_PASSWORD), mode="session")
+    site = KhaosSettings(soap_url=CASSETTE_SOAP_URL, credentials=creds, retries=0, stock_list_form="date_type")
+    with KhaosClient(site, transport=httpx.WSGITransport(app=app), sleep=lambda s: None) as client:
+        assert discover(client.fetch_wsdl(), client.settings).ok
+        assert client.get_site_list() == [("1", "Main")]
+        assert client.get_stock_list(datetime(2026, 1, 1, tzinfo=UTC)) == [("TEE", None), ("TEE-RED-M", "TEE")]
+        stock = ET.fromstring(client.export_stock(["TEE-RED-M"]))
+        assert [s.findtext("STOCK_ID") for s in stock] == ["301"]
+    assert app.stats()["calls"]["Login"] == 1
+    wrong = KhaosCredentials(username=CASSETTE_USER, password=SecretStr("guess"), mode="session")
+    with KhaosClient(site.model_copy(update={"credentials": wrong}), transport=httpx.WSGITransport(app=app)) as client:
+        with pytest.raises(SoapFaultError) as caught:
+            client.get_site_list()
+    assert caught.value.method == "Login" and "guess" not in str(caught.value)
