@@ -361,8 +361,24 @@ class KhaosClient:
             raise ValueError(f"{site_method!r} is not a valid SOAP method name")
         ordered = self._ordered(method, params, form)
         endpoint = self._site()
-        if self._session_mode and method != "Login" and self._session is None:
+        if not self._session_mode or method == "Login":
+            return self._call_once(method, site_method, ordered, endpoint)
+        fresh = self._session is None
+        if fresh:
             self.login()
+        try:
+            return self._call_once(method, site_method, ordered, endpoint)
+        except SoapFaultError as exc:
+            # A session that expired since Login (assumed: the fault names the session): log in once more.
+            if fresh or exc.transient or "session" not in exc.fault_string.lower():
+                raise
+            log.info("Khaos Control %s: the session was refused; logging in again", method)
+            self._session = None
+            self.login()
+            return self._call_once(method, site_method, ordered, endpoint)
+
+    def _call_once(self, method: str, site_method: str, ordered: list[tuple[str, str, str]],
+                   endpoint: _Endpoint) -> SoapValue:
         declared = endpoint.param_types.get(site_method, {})
         typed = [(name, declared.get(name) or xsd_type, value) for name, xsd_type, value in
                  self._credential_params() + ordered]

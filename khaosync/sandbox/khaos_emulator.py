@@ -371,6 +371,11 @@ class KhaosEmulator:
                 "http_status": {str(k): v for k, v in sorted(self._http.items())},
             }
 
+    def expire_sessions(self) -> None:
+        """Forget every Login session, as a site does when they expire or it restarts."""
+        with self._lock:
+            self._sessions.clear()
+
     def wsdl(self, endpoint: str) -> bytes:
         return render_wsdl(endpoint, with_credentials=self.credentials is not None and self.credentials_mode == "body",
                            stock_list_form=self.stock_list_form)

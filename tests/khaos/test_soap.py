@@ -688,6 +688,11 @@ def test_the_client_against_a_session_site_in_both_encodings(tmp_path: Path, mul
         stock = ET.fromstring(client.export_stock(["TEE-RED-M"]))
         assert [s.findtext("STOCK_ID") for s in stock] == ["301"]
     assert app.stats()["calls"]["Login"] == 1
+    with KhaosClient(site, transport=httpx.WSGITransport(app=app), sleep=lambda s: None) as client:
+        client.get_site_list()
+        app.expire_sessions()
+        assert client.get_site_list() == [("1", "Main")]
+    assert app.stats()["calls"]["Login"] == 3  # logged in again, once
     wrong = KhaosCredentials(username=CASSETTE_USER, password=SecretStr("guess"), mode="session")
     with KhaosClient(site.model_copy(update={"credentials": wrong}), transport=httpx.WSGITransport(app=app)) as client:
         with pytest.raises(SoapFaultError) as caught:
