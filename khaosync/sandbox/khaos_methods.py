@@ -85,13 +85,13 @@ class KhaosMethods:
                 out.append(element)
         return out
 
-    # -- handlers: each returns the text of <return> ------------------------------------
+    # -- handlers: each returns what <return> holds: a str, or a structure as plain Python
     def _get_site_list(self, world: World, req: Request) -> dict:
         sites = world.get_meta("sites") or DEFAULT_SITES
         pairs = [(s["site_id"], s["site_name"]) if isinstance(s, dict) else (s[0], s[1]) for s in sites]
         return {"List": [{"SiteID": int(site_id), "SiteName": name} for site_id, name in pairs]}
 
-    def _get_company_list(self, world: World, req: Request) -> str:
+    def _get_company_list(self, world: World, req: Request) -> dict:
         since = req.when("LastUpdated")
         docs = world.iter("company", updated_since=_canonical(since))
         # The SQL filter compares canonical strings; check as datetimes too, as KC would.

@@ -30,6 +30,7 @@ SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 ACTION = '"urn:IKosWebIntf-IKosWeb#{}"'
 BODY_NS = "urn:IKosWebIntf-IKosWeb"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
+XSD = "http://www.w3.org/2001/XMLSchema"
 SOAP_ENC = "http://schemas.xmlsoap.org/soap/encoding/"
 CLIENT, SERVER = "SOAP-ENV:Client", "SOAP-ENV:Server"
 NO_DATE = "1899-12-31T00:00:00"
@@ -504,12 +505,20 @@ def test_datetimes_follow_xsd_and_are_read_as_london_local_time(site: Site) -> N
 
 def test_parameters_may_carry_their_xsd_types(site: Site) -> None:
     body = envelope("GetCompanyList", []).replace(
-        b"</ns:GetCompanyList>", f"<LastUpdated xmlns:xsi=\"{XSI}\" xsi:type=\"xsd:dateTime\">{NO_DATE}</LastUpdated>"
+        b"</ns:GetCompanyList>", f"<LastUpdated xmlns:xsi=\"{XSI}\" xmlns:xsd=\"{XSD}\" xsi:type=\"xsd:dateTime\">{NO_DATE}</LastUpdated>"
         "</ns:GetCompanyList>".encode())
     assert site.post("GetCompanyList", body=body).status_code == 200
     wrong = body.replace(b"xsd:dateTime", b"xsd:string")
     code, message = site.fault("GetCompanyList", body=wrong)
     assert code == CLIENT and "LastUpdated is xsd:dateTime, not string" in message
+    # Any prefix bound to XML Schema will do; an unbound or foreign one will not.
+    other_prefix = body.replace(b"xsd:dateTime", b"s0:dateTime").replace(
+        b"<LastUpdated ", b'<LastUpdated xmlns:s0="http://www.w3.org/2001/XMLSchema" ')
+    assert site.post("GetCompanyList", body=other_prefix).status_code == 200
+    foreign = body.replace(b"xsd:dateTime", b"xsd2:dateTime").replace(b"<LastUpdated ", b'<LastUpdated xmlns:xsd2="urn:x" ')
+    assert "not xsd2:dateTime" in site.fault("GetCompanyList", body=foreign)[1]
+    unbound = body.replace(f' xmlns:xsd="{XSD}"'.encode(), b"")
+    assert site.fault("GetCompanyList", body=unbound)[0] == CLIENT
     nil = envelope("ExportCompany", [("CompanyCode", "C001001"), ("MappingType", "1")]).replace(
         b"</ns:ExportCompany>", f'<LastUpdated xmlns:xsi="{XSI}" xsi:nil="true"/></ns:ExportCompany>'.encode())
     assert site.post("ExportCompany", body=nil).status_code == 200  # nil: as if not sent (it is optional)
