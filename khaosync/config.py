@@ -57,9 +57,12 @@ class Strict(BaseModel):
 
 
 class KhaosCredentials(Strict):
-    """Optional: public clients send none; some sites expect them in the SOAP body (assumed)."""
+    """Optional: public clients send none. ``body``: ``Username``/``Password`` first in every
+    call's body (assumed); ``session``: ``Login(UserName, UserPassword)`` once, its answer then
+    sent in a ``SessionID`` SOAP header (assumed; the site declares ``Login``)."""
 
     username: str
+    mode: Literal["body", "session"] = "body"
     password: SecretStr | None = None
     password_env: str | None = None
 
@@ -86,6 +89,12 @@ class KhaosSettings(Strict):
     company_batch: int = Field(default=200, ge=1, le=1000)
     stock_batch: int = Field(default=50, ge=1, le=500)
     compressed_stock: bool = True
+    stock_list_form: Literal["last_updated", "date_type"] = Field(
+        default="last_updated",
+        description="GetStockList's parameters: (LastUpdated) as the real site, or the connector's "
+                    "(DateType, DateValue, StockItemType); `khaos discover` says which the site declares")
+    body_namespace: str | None = Field(
+        default=None, description="the method elements' namespace; read from the site's WSDL when unset")
     credit_notes_path: str | None = Field(default=None, description="folder of credit note exports")
 
     @field_validator("soap_url", "wsdl_url")

@@ -43,10 +43,15 @@ def discover_table(report) -> Table:
             detail.append("site lacks: " + ", ".join(op.missing_params))
         if op.extra_required_params:
             detail.append("site requires: " + ", ".join(op.extra_required_params))
+        if op.return_difference:
+            detail.append(op.return_difference)
         detail += op.type_differences + op.notes
         if op.suggestions:
             detail.append("similar: " + ", ".join(op.suggestions))
         table.add_row(op.name, op.status, "; ".join(detail))
+    if report.advice:
+        table.caption = "\n".join(report.advice)
+        table.caption_justify = "left"
     return table
 
 

@@ -346,25 +346,3 @@ def _invoice(inv: dict, courier_code: str) -> str:
     boxes = [el("BOX", attrs={"SHIPPED": to_kc_bool(True), "SHIP_DATE": day, "COURIER": attrs["COURIER"],
                               "CONSIGNMENT_REF": ref, "TRACKING_URL": url})] if issued and ref else []
     return el("INVOICE", children(boxes), attrs=attrs)
-
-
-# -- small documents ---------------------------------------------------------------------
-
-def render_site_list(sites: list[tuple[int, str]]) -> str:
-    return document("SITES", (el("SITE", children([el("SITE_ID", i), el("SITE_NAME", n)])) for i, n in sites))
-
-
-def render_company_list(codes: list[str]) -> str:
-    return document("COMPANY_LIST", (el("COMPANY_CODE", c) for c in codes))
-
-
-def render_stock_list(items: list[tuple[str, str | None]]) -> str:
-    return document(
-        "STOCK_LIST",
-        (el("ITEM", children([el("STOCK_CODE", code), el("PARENT_CODE", parent)])) for code, parent in items),
-        attrs={"COUNT": str(len(items))},
-    )
-
-
-def render_import_result(urns: list[str]) -> str:
-    return document("IMPORT_RESULT", (el("COMPANY", children([el("URN", u)])) for u in urns))

@@ -1,20 +1,33 @@
 """The contract between the emulator's transport and its methods: a validated call.
 
 ``khaos_emulator.py`` turns a SOAP request into a ``Request`` (checking the method, its
-parameters and their types against the site's published signatures); ``khaos_methods.py``
-reads values from it. ``SoapFault`` is how either side refuses: the transport answers it as
-an HTTP 500 SOAP fault, the way a Delphi SOAP server does.
+parameters and their XSD types against the site's published signatures, khaos_wsdl.py);
+``khaos_methods.py`` reads values from it. ``SoapFault`` is how either side refuses: the
+transport answers it as an HTTP 500 SOAP fault, the way a Delphi SOAP server does.
+
+Values follow XSD, as an rpc/encoded server reads them:
+
+- ``xs:dateTime``: ``YYYY-MM-DDThh:mm:ss``, optional fraction, optional zone (``Z`` or
+  ``+hh:mm``). KC works in London local time: a value without a zone is London local (what
+  KC's own clients send); a value with one is converted to London local wall time; a fraction
+  is dropped (KC keeps whole seconds, and "changed after 10:00:00.5" selects the same records
+  as "after 10:00:00" when times are whole seconds). **(assumed)**, on the verify-on-site list.
+- ``xs:boolean``: ``true``, ``false``, ``1``, ``0`` and nothing else (not KC's ``-1``).
+- ``xs:int``: an optional sign and ASCII digits, within 32 bits.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
-from khaosync.khaos.convert import KC_FORMAT, ConversionError, kc_bool
+from khaosync.khaos.convert import LONDON, ConversionError, kc_bool
 
-_KC_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\Z", re.ASCII)
-_KC_INT = re.compile(r"-?\d+\Z", re.ASCII)
+_XSD_DATETIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})?\Z", re.ASCII)
+_XSD_INT = re.compile(r"[+-]?\d+\Z", re.ASCII)
+_XSD_BOOLEAN = {"true": True, "1": True, "false": False, "0": False}
+INT32 = (-2**31, 2**31 - 1)
 
 
 class SoapFault(Exception):
@@ -28,32 +41,51 @@ class SoapFault(Exception):
 
 
 def client_fault(message: str) -> SoapFault:
-    return SoapFault("soap:Client", message)
+    return SoapFault("SOAP-ENV:Client", message)
+
+
+def server_fault(message: str) -> SoapFault:
+    return SoapFault("SOAP-ENV:Server", message)
 
 
 # -- parameter values ------------------------------------------------------------------
 
 def parse_kc_datetime(name: str, text: str) -> datetime:
-    """KC local time, exactly ``YYYY-MM-DDTHH:MM:SS``; anything else is the client's fault.
-
-    The pattern comes first because strptime alone takes ``2026-1-5T9:00:00`` and non-ASCII digits.
-    """
+    """An ``xs:dateTime`` as a naive London local datetime (see the module docstring)."""
+    match = _XSD_DATETIME.match(text.strip())
     try:
-        if not _KC_DATETIME.match(text):
+        if not match:
             raise ValueError(text)
-        return datetime.strptime(text, KC_FORMAT)
+        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+        value = datetime(year, month, day, hour, minute, second)
+        zone = match.group(8)
+        if zone:
+            offset = timedelta(0) if zone == "Z" else (
+                (1 if zone[0] == "+" else -1) * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+            value = value.replace(tzinfo=timezone(offset)).astimezone(LONDON).replace(tzinfo=None)
+        return value
     except ValueError:
         raise client_fault(f"{name}: '{text}' is not a valid date and time") from None
 
 
 def parse_int(name: str, text: str) -> int:
     # int() would also take "1_000" and non-ASCII digits; a strict site does not.
-    if not _KC_INT.match(text.strip()):
+    stripped = text.strip()
+    if not _XSD_INT.match(stripped) or not INT32[0] <= int(stripped) <= INT32[1]:
         raise client_fault(f"{name}: '{text}' is not a valid integer")
-    return int(text.strip())
+    return int(stripped)
+
+
+def parse_boolean(name: str, text: str) -> bool:
+    """``xs:boolean``: ``true``/``false``/``1``/``0``."""
+    value = _XSD_BOOLEAN.get(text.strip())
+    if value is None:
+        raise client_fault(f"{name}: '{text}' is not a valid boolean (true, false, 1 or 0)")
+    return value
 
 
 def parse_flag(name: str, text: str) -> bool:
+    """A KC flag sent as an int (``-1``/``0``)."""
     try:
         value = kc_bool(text)
     except ConversionError:
@@ -63,12 +95,26 @@ def parse_flag(name: str, text: str) -> bool:
     return value
 
 
-class Request:
-    """A validated SOAP call: the method and its parameters as text."""
+def check_value(name: str, xsd_type: str, text: str) -> None:
+    """Refuse a value its declared type cannot hold (strings hold anything)."""
+    if xsd_type == "int":
+        parse_int(name, text)
+    elif xsd_type == "dateTime":
+        parse_kc_datetime(name, text)
+    elif xsd_type == "boolean":
+        parse_boolean(name, text)
 
-    def __init__(self, method: str, params: dict[str, str]):
+
+class Request:
+    """A validated SOAP call: the method, its parameters as text (by their canonical name:
+    ``StockCodes`` arrives as ``StockCode``), and the XSD type each was declared with."""
+
+    def __init__(self, method: str, params: dict[str, str], types: dict[str, str] | None = None,
+                 form: str = "site"):
         self.method = method
         self.params = params
+        self.types = types or {}
+        self.form = form  # which accepted parameter list the call used (GetStockList has two)
 
     def text(self, name: str, default: str | None = None) -> str | None:
         return self.params.get(name, default)
@@ -82,9 +128,20 @@ class Request:
     def number(self, name: str) -> int:
         return parse_int(name, self.params[name])
 
+    def boolean(self, name: str, default: bool) -> bool:
+        """An ``xs:boolean`` parameter, ``default`` when it was not sent."""
+        return parse_boolean(name, self.params[name]) if name in self.params else default
+
     def flag(self, name: str, default: bool) -> bool:
-        return parse_flag(name, self.params[name]) if name in self.params else default
+        """A yes/no parameter: ``xs:boolean`` forms when declared so, else KC's ``-1``/``0``."""
+        if name not in self.params:
+            return default
+        if self.types.get(name) == "boolean":
+            return parse_boolean(name, self.params[name])
+        return parse_flag(name, self.params[name])
 
 
-
-__all__ = ["Request", "SoapFault", "client_fault", "parse_flag", "parse_int", "parse_kc_datetime"]
+__all__ = [
+    "Request", "SoapFault", "check_value", "client_fault", "parse_boolean", "parse_flag", "parse_int",
+    "parse_kc_datetime", "server_fault",
+]

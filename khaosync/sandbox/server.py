@@ -48,7 +48,7 @@ class SandboxApp:
             retry_after=faults.retry_after, **kwargs,
         )
         self.khaos = KhaosEmulator(
-            self.folder, fail_rate=faults.fail_rate, latency_ms=faults.latency_ms, seed=faults.seed
+            self.folder, fail_rate=faults.fail_rate, latency_ms=faults.latency_ms, seed=faults.seed,
         )
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -70,7 +70,7 @@ def test_a_removed_method_is_expected_missing() -> None:
     report = run(without_operation(site_wsdl(), "ExportOrders"))
     missing = report.operation("ExportOrders")
     assert missing.status == "expected_missing" and missing.params == []
-    assert missing.sent_params == ["DateFrom", "DateTo", "DateType"]
+    assert missing.sent_params == ["OrderCode", "MappingType"]
     assert not report.ok
     assert marks(report) | {"ExportOrders": "used"} == marks(run(site_wsdl()))  # nothing else moved
 
@@ -115,7 +115,7 @@ def test_a_parameter_spelt_differently_is_named_in_the_notes() -> None:
     assert op.status == "different_signature" and "LastUpdated: the site spells it Lastupdated" in op.notes
 
 
-def test_type_differences_and_soap_action_are_reported_without_changing_the_mark() -> None:
+def test_type_differences_are_reported_without_changing_the_mark() -> None:
     wsdl = site_wsdl()
     start = wsdl.index('<message name="GetCompanyList0Request">')
     wsdl = wsdl[:start] + wsdl[start:].replace('type="xs:dateTime"', 'type="xs:string"', 1)
@@ -124,15 +124,57 @@ def test_type_differences_and_soap_action_are_reported_without_changing_the_mark
     company_list = report.operation("GetCompanyList")
     assert company_list.status == "used"
     assert company_list.type_differences == ["LastUpdated: khaosync sends dateTime, the site declares string"]
-    site_list = report.operation("GetSiteList")
-    assert site_list.status == "used" and "SOAPAction" in site_list.notes[0]
+    site_list = report.operation("GetSiteList")  # the client sends the WSDL's own SOAPAction: nothing to report
+    assert site_list.status == "used" and site_list.soap_action == "http://tempuri.org/GetSiteList"
+
+
+def test_return_types_a_string_where_we_read_a_structure_and_a_missing_field() -> None:
+    wsdl = site_wsdl()
+    as_string = wsdl.replace('<message name="GetCompanyList0Response"><part name="return" type="ns1:TCompanyList"/>',
+                             '<message name="GetCompanyList0Response"><part name="return" type="xs:string"/>')
+    report = run(as_string)
+    op = report.operation("GetCompanyList")
+    assert op.status == "different_signature" and op.returns == "string" and op.reads == ["List[].CompanyCode"]
+    assert op.return_difference == "the site returns a string, khaosync reads a structure (List[].CompanyCode)"
+    assert report.advice == [f"GetCompanyList: {op.return_difference}; no setting covers it; report it"]
+    no_parent = run(wsdl.replace('<xs:element name="ParentCode" type="xs:string"/>', ""))
+    stock_list = no_parent.operation("GetStockList")
+    assert stock_list.status == "different_signature"
+    assert stock_list.return_difference.startswith("the site's structure lacks List[].ParentCode")
+    structure_for_string = run(wsdl.replace(
+        '<message name="ExportCompany0Response"><part name="return" type="xs:string"/>',
+        '<message name="ExportCompany0Response"><part name="return" type="ns1:TCompanyList"/>'))
+    assert structure_for_string.operation("ExportCompany").return_difference == (
+        "the site returns a structure (List[].CompanyCode), khaosync reads a string")
+
+
+def test_the_stock_list_form_the_site_declares_names_its_setting() -> None:
+    report = run(site_wsdl(stock_list_form="date_type"))
+    op = report.operation("GetStockList")
+    assert op.status == "different_signature" and op.missing_params == ["LastUpdated"]
+    assert report.advice == ["GetStockList: the site declares (DateType, DateValue, StockItemType): "
+                             "set khaos.stock_list_form: date_type"]
+    assert run(site_wsdl(stock_list_form="date_type"), stock_list_form="date_type").ok
+    assert not run(site_wsdl(), stock_list_form="date_type").ok
+
+
+def test_advice_for_compressed_stock_and_credentials() -> None:
+    report = run(without_operation(site_wsdl(), "ExportStockCompressed"))
+    assert "ExportStockCompressed: not published, ExportStock is: set khaos.compressed_stock: false" in report.advice
+    creds = KhaosCredentials(username="u", password=SecretStr("p"))
+    body = run(site_wsdl(), credentials=creds)
+    assert any(line.startswith("GetSiteList:") and "khaos.credentials.mode: session" in line for line in body.advice)
+    session = run(site_wsdl(), credentials=KhaosCredentials(username="u", password=SecretStr("p"), mode="session"))
+    assert session.ok and session.operation("Login").status == "used"
 
 
 def test_site_level_notes_namespace_and_endpoint() -> None:
-    wsdl = site_wsdl().replace('namespace="http://tempuri.org/"', 'namespace="urn:IKosWebIntf-IKosWeb"')
+    wsdl = site_wsdl().replace('namespace="urn:IKosWebIntf-IKosWeb"', 'namespace="urn:SiteIntf-IKosWeb"')
     report = run(wsdl, soap_url="https://kc.example.com/LiveSoap/KhaosKSD.exe/soap/IKosWeb")
-    assert any("urn:IKosWebIntf-IKosWeb" in note for note in report.notes)
+    assert report.body_namespace == "urn:SiteIntf-IKosWeb"  # what the client will send: the WSDL's
     assert any("khaos.soap_url" in note for note in report.notes)
+    pinned = run(wsdl, body_namespace="urn:IKosWebIntf-IKosWeb")
+    assert any("khaos.body_namespace says urn:IKosWebIntf-IKosWeb" in line for line in pinned.advice)
 
 
 DOCUMENT_WSDL = """<?xml version="1.0"?>
@@ -177,8 +219,10 @@ def test_document_literal_wrapped_wsdl_knows_required_parameters() -> None:
     assert company_list.extra_params == ["SiteID", "Verbose"]
     assert [(p.name, p.xsd_type, p.required) for p in company_list.params] == [
         ("LastUpdated", "dateTime", True), ("SiteID", "int", True), ("Verbose", "int", False)]
-    assert report.operation("GetSiteList").status == "used"  # a named empty complexType
+    assert report.operation("GetSiteList").status == "different_signature"  # no output declared
+    assert report.operation("GetCompanyList").returns == "string"  # the wrapper's child
     assert report.operation("ExportCompany").status == "expected_missing"
+    assert any("literal (not rpc/encoded)" in line for line in report.advice)
 
 
 @pytest.mark.parametrize("wsdl", [

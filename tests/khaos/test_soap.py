@@ -13,8 +13,10 @@ Re-record (after a change to the contract, the client's requests or the emulator
     KHAOSYNC_RECORD=1 .venv/bin/python -m pytest tests/khaos/test_soap.py -q
 
 Recording deletes each cassette and records it again against the emulator in-process
-(vcrpy patches ``httpx.WSGITransport``). ``<Password>`` is written as ``***`` in every
-recorded body; request matching scrubs live requests the same way, so replay still matches.
+(vcrpy patches ``httpx.WSGITransport``). ``<Password>``'s value is written as ``***`` in
+every recorded body; request matching scrubs live requests the same way, so replay still
+matches. Each client reads the emulator's WSDL first (the namespace comes from it), so every
+cassette opens with that GET.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from xml.etree import ElementTree as ET
 import httpx
 import pytest
 import vcr
+import yaml
 from pydantic import SecretStr
 
 from khaosync.config import KhaosCredentials, KhaosSettings
@@ -47,21 +50,52 @@ from khaosync.khaos.soap import BACKOFF_CAP_S, EXPECTED_OPERATIONS, KhaosClient,
 
 SOAP_URL = "https://kc.example.test/LiveSoap/KhaosKSD.exe/soap/IKosWeb"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP_ENC = "http://schemas.xmlsoap.org/soap/encoding/"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
+BODY_NS = "urn:IKosWebIntf-IKosWeb"
+NO_DATE = "1899-12-31T00:00:00"
 PASSWORD = "s3cret-Pa55&<word>"
 
 
 # -- helpers ---------------------------------------------------------------------------
 
 def settings(**over) -> KhaosSettings:
-    return KhaosSettings(**{"soap_url": SOAP_URL, "retries": 3, **over})
+    # The namespace as a setting: unit tests need no WSDL (test_the_namespace_comes_from_the_wsdl covers that path).
+    return KhaosSettings(**{"soap_url": SOAP_URL, "retries": 3, "body_namespace": BODY_NS, **over})
+
+
+def _envelope(method: str, inner: str, roots: str = "", status: int = 200) -> httpx.Response:
+    body = (f'<?xml version="1.0" encoding="utf-8"?><SOAP-ENV:Envelope xmlns:SOAP-ENV="{SOAP_ENV}" '
+            f'xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="{XSI}" xmlns:SOAP-ENC="{SOAP_ENC}">'
+            f'<SOAP-ENV:Body xmlns:NS2="urn:KosWebIntf"><NS1:{method}Response xmlns:NS1="{BODY_NS}">{inner}'
+            f"</NS1:{method}Response>{roots}</SOAP-ENV:Body></SOAP-ENV:Envelope>")
+    return httpx.Response(status, content=body.encode(), headers={"Content-Type": "text/xml; charset=utf-8"})
 
 
 def answer(method: str, returned: str, status: int = 200) -> httpx.Response:
+    """A string return (an export's document as text)."""
     escaped = returned.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    body = (f'<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap="{SOAP_ENV}"><soap:Body>'
-            f'<ns:{method}Response xmlns:ns="http://tempuri.org/"><return>{escaped}</return>'
-            f"</ns:{method}Response></soap:Body></soap:Envelope>")
-    return httpx.Response(status, content=body.encode(), headers={"Content-Type": "text/xml; charset=utf-8"})
+    return _envelope(method, f'<return xsi:type="xsd:string">{escaped}</return>', status=status)
+
+
+def array(name: str, item_type: str, items: list[str]) -> str:
+    return (f'<{name} xsi:type="SOAP-ENC:Array" SOAP-ENC:arrayType="NS2:{item_type}[{len(items)}]">'
+            + "".join(items) + f"</{name}>")
+
+
+def item(type_name: str, **fields: str) -> str:
+    inner = "".join(f'<{k} xsi:type="xsd:string">{v}</{k}>' for k, v in fields.items())
+    return f'<item xsi:type="NS2:{type_name}">{inner}</item>'
+
+
+def inline(method: str, type_name: str, fields: str) -> httpx.Response:
+    """A structure written inline in <return>."""
+    return _envelope(method, f'<return xsi:type="NS2:{type_name}">{fields}</return>')
+
+
+def sites(*pairs: tuple[str, str]) -> httpx.Response:
+    return inline("GetSiteList", "TSiteList",
+                  array("List", "TSite", [item("TSite", SiteID=i, SiteName=n) for i, n in pairs]))
 
 
 def fault(code: str, message: str, status: int = 500) -> httpx.Response:
@@ -92,6 +126,9 @@ class Recorder:
         method = root.find(f"{{{SOAP_ENV}}}Body")[0]  # type: ignore[index]
         return method
 
+    def params(self, index: int = -1) -> list[tuple[str, str]]:
+        return [(p.tag, p.text or "") for p in self.body(index)]
+
 
 class FakeRng(random.Random):
     def __init__(self) -> None:
@@ -116,71 +153,116 @@ UTC = timezone.utc
 # -- requests --------------------------------------------------------------------------
 
 def test_envelope_action_and_parameters_follow_the_contract() -> None:
-    recorder = Recorder(answer("GetCompanyList", "<COMPANY_LIST><COMPANY_CODE>C1</COMPANY_CODE></COMPANY_LIST>"))
+    recorder = Recorder(inline("GetCompanyList", "TCompanyList",
+                               array("List", "TCompanyListItem", [item("TCompanyListItem", CompanyCode="C1")])))
     client, _, _ = client_for(recorder)
     assert client.get_company_list(datetime(2026, 7, 1, 12, 0, tzinfo=UTC)) == ["C1"]
     request = recorder.requests[0]
     assert request.method == "POST" and str(request.url) == SOAP_URL
     assert request.headers["Content-Type"] == "text/xml; charset=utf-8"
     assert request.headers["SOAPAction"] == '"urn:IKosWebIntf-IKosWeb#GetCompanyList"'
+    root = ET.fromstring(request.content)
+    assert root.find(f"{{{SOAP_ENV}}}Body").get(f"{{{SOAP_ENV}}}encodingStyle") == SOAP_ENC  # type: ignore[union-attr]
     method = recorder.body()
-    assert method.tag == "{http://tempuri.org/}GetCompanyList"
-    assert [(p.tag, p.text) for p in method] == [("LastUpdated", "2026-07-01T13:00:00")]  # London summer time
+    assert method.tag == f"{{{BODY_NS}}}GetCompanyList"
+    assert recorder.params() == [("LastUpdated", "2026-07-01T13:00:00")]  # London summer time
+    assert method[0].get(f"{{{XSI}}}type") == "xsd:dateTime"  # rpc/encoded: every value typed
 
 
 def test_parameters_are_sent_in_table_order_and_must_match_it() -> None:
-    recorder = Recorder(answer("ExportOrderStatusEx", "<ORDER_STATUSES/>"))
+    recorder = Recorder(answer("ExportOrderStatusEx", "<STATUS_LIST/>"))
     client, _, _ = client_for(recorder)
-    assert client.export_order_status(["2075", "2076"], include_tracking=False) == b"<ORDER_STATUSES/>"
-    sent = [(p.tag, p.text or "") for p in recorder.body()]
-    assert sent == [("IDs", "2075,2076"), ("MappingType", "5"), ("IncludeTracking", "0"), ("IncludeCancelled", "-1"),
-                    ("InvoiceStageIDs", "")]
-    assert [name for name, _ in sent] == list(EXPECTED_OPERATIONS["ExportOrderStatusEx"].param_names)
+    assert client.export_order_status(["SO2075", "SO2076"]) == b"<STATUS_LIST/>"
+    assert recorder.params() == [("IDs", "SO2075,SO2076"), ("MappingType", "3"), ("WebOnly", "false")]
+    assert [p.get(f"{{{XSI}}}type") for p in recorder.body()] == ["xsd:string", "xsd:int", "xsd:boolean"]
+    assert [name for name, _ in recorder.params()] == list(EXPECTED_OPERATIONS["ExportOrderStatusEx"].param_names)
+    client.export_order_status(["WEB-1"], mapping_type=4, web_only=True)
+    assert recorder.params() == [("IDs", "WEB-1"), ("MappingType", "4"), ("WebOnly", "true")]
     with pytest.raises(ValueError, match="EXPECTED_OPERATIONS"):
         client.call("GetCompanyList", {"Since": "x"})
 
 
 def test_typed_methods_build_their_parameters() -> None:
-    frm, to = datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 1, 11, tzinfo=UTC)
+    since = datetime(2026, 1, 10, tzinfo=UTC)
     recorder = Recorder(
         answer("ExportOrders", "<SALES_ORDERS/>"),
         answer("ExportCompany", "<COMPANYS/>"),
-        answer("GetStockList", '<STOCK_LIST COUNT="2"><ITEM><STOCK_CODE>A</STOCK_CODE><PARENT_CODE/></ITEM>'
-                               "<ITEM><STOCK_CODE>A-1</STOCK_CODE><PARENT_CODE>A</PARENT_CODE></ITEM></STOCK_LIST>"),
-        answer("GetSiteList", "<SITES><SITE><SITE_ID>1</SITE_ID><SITE_NAME>Main</SITE_NAME></SITE></SITES>"),
-        answer("ImportCompany", "<IMPORT_RESULT><COMPANY><URN>C1</URN></COMPANY></IMPORT_RESULT>"),
+        inline("GetStockList", "TStockList", '<Count xsi:type="xsd:int">2</Count>' + array("List", "TStockListItem", [
+            item("TStockListItem", StockCode="A", ParentCode=""),
+            item("TStockListItem", StockCode="A-1", ParentCode="A")])),
+        sites(("1", "Main"), ("WH-2", "Outlet")),
+        inline("ImportCompany", "TCustomerImportResult", array("CustomerImport", "TCustomerImport", [
+            item("TCustomerImport", URN="C1", WebUser="c1@example.com"), item("TCustomerImport", URN="", WebUser="x")])),
+        answer("ExportStockStatus", "<STOCK_STATUS/>"),
     )
     client, _, _ = client_for(recorder)
-    assert client.export_orders(frm, to, by="order_date") == b"<SALES_ORDERS/>"
+    assert client.export_orders("SO02075") == b"<SALES_ORDERS/>"
     assert client.export_company(["C1", "C2"]) == b"<COMPANYS/>"
-    assert client.get_stock_list(frm) == [("A", None), ("A-1", "A")]
-    assert client.get_site_list() == [(1, "Main")]
-    assert client.import_company("<COMPANYS/>") == ["C1"]
-    params = [[(p.tag, p.text or "") for p in recorder.body(i)] for i in range(5)]
-    assert params == [
-        [("DateFrom", "2026-01-10T00:00:00"), ("DateTo", "2026-01-11T00:00:00"), ("DateType", "0")],
-        [("CompanyCode", "C1,C2"), ("MappingType", "1")],
-        [("DateType", "-1"), ("DateValue", "2026-01-10T00:00:00"), ("StockItemType", "0")],
+    assert client.get_stock_list(since) == [("A", None), ("A-1", "A")]
+    assert client.get_site_list() == [("1", "Main"), ("WH-2", "Outlet")]  # ids as text: not numbers everywhere
+    assert client.import_company("<COMPANYS/>") == [("C1", "c1@example.com")]  # a blank URN is not a company taken
+    assert client.export_stock_status(["A", "B"]) == b"<STOCK_STATUS/>"
+    assert [recorder.params(i) for i in range(6)] == [
+        [("OrderCode", "SO02075"), ("MappingType", "1")],
+        [("CompanyCode", "C1,C2"), ("MappingType", "1"), ("LastUpdated", NO_DATE)],
+        [("LastUpdated", "2026-01-10T00:00:00")],
         [],
-        [("Customers", "<COMPANYS/>"), ("Method", "1")],
+        [("Customers", "<COMPANYS/>"), ("Method", "0")],  # the connector's Method
+        [("StockCode", "A,B"), ("MappingType", "1"), ("LastUpdated", NO_DATE)],
     ]
     with pytest.raises(ConversionError):
         client.get_company_list(datetime(2026, 1, 1))  # naive: which zone?
 
 
-def test_export_stock_compressed_and_plain() -> None:
+def test_get_stock_list_uses_the_form_the_site_declares() -> None:
+    recorder = Recorder(inline("GetStockList", "TStockList", '<Count xsi:type="xsd:int">0</Count>'
+                               + array("List", "TStockListItem", [])))
+    client, _, _ = client_for(recorder, stock_list_form="date_type")
+    assert client.get_stock_list(datetime(2026, 1, 10, tzinfo=UTC)) == []
+    assert recorder.params() == [("DateType", "-1"), ("DateValue", "2026-01-10T00:00:00"), ("StockItemType", "0")]
+
+
+def test_structures_by_reference_as_delphi_sends_them() -> None:
+    roots = ('<NS2:TStockList id="1" xsi:type="NS2:TStockList"><Count xsi:type="xsd:int">2</Count>'
+             '<List xsi:type="SOAP-ENC:Array" SOAP-ENC:arrayType="NS2:TStockListItem[2]"><item href="#2"/>'
+             '<item href="#3"/></List></NS2:TStockList>'
+             '<NS2:TStockListItem id="2" xsi:type="NS2:TStockListItem"><StockCode xsi:type="xsd:string">B</StockCode>'
+             '<ParentCode xsi:type="xsd:string"></ParentCode></NS2:TStockListItem>'
+             '<NS2:TStockListItem id="3" xsi:type="NS2:TStockListItem"><StockCode xsi:type="xsd:string">B-1</StockCode>'
+             '<ParentCode xsi:type="xsd:string">B</ParentCode></NS2:TStockListItem>')
+    client, _, _ = client_for(Recorder(_envelope("GetStockList", '<return href="#1"/>', roots)))
+    assert client.get_stock_list(datetime(2026, 1, 1, tzinfo=UTC)) == [("B", None), ("B-1", "B")]
+    client, _, _ = client_for(Recorder(_envelope("GetStockList", '<return href="#1"/>', roots.replace('id="3"', 'id="9"'))))
+    with pytest.raises(KhaosBadResponseError, match="href '#3' points at nothing"):
+        client.get_stock_list(datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_literal_structures_read_the_same() -> None:
+    literal = ("<return><List><item><SiteID>1</SiteID><SiteName>Main</SiteName></item>"
+               "<item><SiteID>2</SiteID><SiteName>Outlet</SiteName></item></List></return>")
+    client, _, _ = client_for(Recorder(_envelope("GetSiteList", literal)))
+    assert client.get_site_list() == [("1", "Main"), ("2", "Outlet")]
+    one = "<return><List><item><SiteID>1</SiteID><SiteName>Main</SiteName></item></List></return>"
+    client, _, _ = client_for(Recorder(_envelope("GetSiteList", one)))
+    assert client.get_site_list() == [("1", "Main")]
+
+
+def test_export_stock_compressed_reads_data_and_plain_export_the_string() -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("stock.xml", "<STOCK_ITEMS><STOCK_ITEM><STOCK_CODE>£1</STOCK_CODE></STOCK_ITEM></STOCK_ITEMS>")
     packed = base64.encodebytes(buffer.getvalue()).decode()  # wrapped at 76 columns, as some servers do
-    recorder = Recorder(answer("ExportStockCompressed", packed), answer("ExportStock", "<STOCK_ITEMS/>"))
+    data = inline("ExportStockCompressed", "TCompressedData", f'<Data xsi:type="xsd:base64Binary">{packed}</Data>')
+    recorder = Recorder(data, answer("ExportStockCompressed", packed), answer("ExportStock", "<STOCK_ITEMS/>"))
     client, _, _ = client_for(recorder)
-    assert client.export_stock(["£1"]) == "<STOCK_ITEMS><STOCK_ITEM><STOCK_CODE>£1</STOCK_CODE></STOCK_ITEM></STOCK_ITEMS>".encode()
+    expected = "<STOCK_ITEMS><STOCK_ITEM><STOCK_CODE>£1</STOCK_CODE></STOCK_ITEM></STOCK_ITEMS>".encode()
+    assert client.export_stock(["£1"]) == expected
     assert recorder.body().tag.endswith("ExportStockCompressed")
-    assert [(p.tag, p.text) for p in recorder.body()][-1] == ("CompressionMethod", "0")
+    assert recorder.params()[-1] == ("CompressionMethod", "0")
+    assert client.export_stock(["£1"]) == expected  # a site declaring a bare base64 string
     plain, _, _ = client_for(recorder, compressed_stock=False)
-    assert plain.export_stock(["X"]) == b"<STOCK_ITEMS/>"
-    assert recorder.body().tag.endswith("}ExportStock")
+    assert plain.export_stock(["X"], mapping_type=2) == b"<STOCK_ITEMS/>"
+    assert recorder.body().tag.endswith("}ExportStock") and recorder.params()[1] == ("MappingType", "2")
 
 
 def test_a_document_declaring_another_encoding_loses_the_declaration() -> None:
@@ -192,26 +274,40 @@ def test_a_document_declaring_another_encoding_loses_the_declaration() -> None:
 
 
 def test_method_names_can_be_renamed_per_site() -> None:
-    recorder = Recorder(answer("GetCompanyListEx", "<COMPANY_LIST/>"))
+    recorder = Recorder(inline("GetCompanyListEx", "TCompanyList", array("List", "TCompanyListItem", [])))
     client, _, _ = client_for(recorder, methods={"GetCompanyList": "GetCompanyListEx"})
     assert client.get_company_list(datetime(2026, 1, 1, tzinfo=UTC)) == []
     assert recorder.requests[0].headers["SOAPAction"] == '"urn:IKosWebIntf-IKosWeb#GetCompanyListEx"'
-    assert recorder.body().tag == "{http://tempuri.org/}GetCompanyListEx"
+    assert recorder.body().tag == f"{{{BODY_NS}}}GetCompanyListEx"
+
+
+def test_the_namespace_and_soap_actions_come_from_the_wsdl() -> None:
+    from khaosync.sandbox.khaos_wsdl import render_wsdl
+
+    wsdl = render_wsdl(SOAP_URL).replace(b"urn:IKosWebIntf-IKosWeb", b"urn:SiteIntf-IKosWeb")
+    recorder = Recorder(httpx.Response(200, content=wsdl), sites(("1", "Main")))
+    client, _, _ = client_for(recorder, body_namespace=None)
+    assert client.get_site_list() == [("1", "Main")]
+    assert client.get_site_list() == [("1", "Main")]
+    assert [r.method for r in recorder.requests] == ["GET", "POST", "POST"]  # the WSDL once per client
+    assert str(recorder.requests[0].url) == SOAP_URL.replace("/soap/", "/wsdl/")
+    assert recorder.body().tag == "{urn:SiteIntf-IKosWeb}GetSiteList"
+    assert recorder.requests[-1].headers["SOAPAction"] == '"urn:SiteIntf-IKosWeb#GetSiteList"'
 
 
 def test_credentials_go_first_in_the_body_and_never_into_errors(caplog: pytest.LogCaptureFixture) -> None:
     creds = KhaosCredentials(username="kc-user", password=SecretStr(PASSWORD))
     echo = f"Access denied for kc-user/{PASSWORD}"
     recorder = Recorder(
-        answer("GetSiteList", "<SITES/>"),
-        fault("soap:Client", echo.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")),
+        sites(),
+        fault("SOAP-ENV:Client", echo.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")),
         httpx.Response(400, text=f"bad request: <Password>{PASSWORD}</Password>"),
         httpx.ConnectError(f"refused while sending {PASSWORD}"),
     )
     client, _, _ = client_for(recorder, credentials=creds, retries=0)
     caplog.set_level(logging.DEBUG)
     assert client.get_site_list() == []
-    assert [(p.tag, p.text) for p in recorder.body()] == [("Username", "kc-user"), ("Password", PASSWORD)]
+    assert recorder.params() == [("Username", "kc-user"), ("Password", PASSWORD)]
     for expected in (SoapFaultError, KhaosHttpError, KhaosConnectionError):
         with pytest.raises(expected) as caught:
             client.get_site_list()
@@ -221,9 +317,26 @@ def test_credentials_go_first_in_the_body_and_never_into_errors(caplog: pytest.L
     assert PASSWORD not in caplog.text
 
 
+def test_a_session_site_logs_in_once_and_sends_the_session_in_a_header() -> None:
+    creds = KhaosCredentials(username="kc-user", password=SecretStr(PASSWORD), mode="session")
+    recorder = Recorder(answer("Login", "sess-42"), sites(("1", "Main")), fault("SOAP-ENV:Client", "bad sess-42"))
+    client, _, _ = client_for(recorder, credentials=creds, retries=0)
+    assert client.get_site_list() == [("1", "Main")]
+    assert recorder.body(0).tag == f"{{{BODY_NS}}}Login"
+    assert recorder.params(0) == [("UserName", "kc-user"), ("UserPassword", PASSWORD)]
+    assert recorder.params(1) == []  # no credentials in the body
+    header = ET.fromstring(recorder.requests[1].content).find(f"{{{SOAP_ENV}}}Header")
+    assert header is not None and [(e.tag, e.text) for e in header] == [(f"{{{BODY_NS}}}SessionID", "sess-42")]
+    assert ET.fromstring(recorder.requests[0].content).find(f"{{{SOAP_ENV}}}Header") is None
+    with pytest.raises(SoapFaultError) as caught:
+        client.get_site_list()
+    assert "sess-42" not in str(caught.value)  # a session is a secret too
+    assert len(recorder.requests) == 3  # one Login
+
+
 def test_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KC_PASSWORD", "from-env")
-    recorder = Recorder(answer("GetSiteList", "<SITES/>"))
+    recorder = Recorder(sites())
     client, _, _ = client_for(recorder, credentials=KhaosCredentials(username="u", password_env="KC_PASSWORD"))
     client.get_site_list()
     assert recorder.body().findtext("Password") == "from-env"
@@ -257,7 +370,7 @@ def test_transient_failures_are_retried_then_raised(make: Callable, error: type[
 
 
 NOT_TRANSIENT = [
-    pytest.param(lambda: fault("soap:Client", "No method named 'X'"), SoapFaultError, id="soap-client-fault"),
+    pytest.param(lambda: fault("SOAP-ENV:Client", "No method named 'X'"), SoapFaultError, id="soap-client-fault"),
     pytest.param(lambda: httpx.Response(404, text="Not Found"), KhaosHttpError, id="404"),
     pytest.param(lambda: httpx.Response(401, text="Unauthorized"), KhaosHttpError, id="401"),
     pytest.param(lambda: httpx.Response(200, text="<html>proxy login</html>"), KhaosBadResponseError, id="not-soap"),
@@ -268,8 +381,10 @@ NOT_TRANSIENT = [
     pytest.param(lambda: httpx.Response(
         200, text=f'<!DOCTYPE x [<!ENTITY e "boom">]><soap:Envelope xmlns:soap="{SOAP_ENV}"><soap:Body>'
                   "<r><return>&e;</return></r></soap:Body></soap:Envelope>"), KhaosBadResponseError, id="dtd"),
-    pytest.param(lambda: answer("GetSiteList", "<SITES><SITE>"), KhaosBadResponseError, id="broken-document"),
-    pytest.param(lambda: answer("GetSiteList", "<COMPANYS/>"), KhaosBadResponseError, id="wrong-document"),
+    pytest.param(lambda: answer("GetSiteList", "<SITES><SITE>"), KhaosBadResponseError, id="a-string-not-a-structure"),
+    pytest.param(lambda: _envelope("GetSiteList", '<return href="#7"/>'), KhaosBadResponseError, id="dangling-href"),
+    pytest.param(lambda: inline("GetSiteList", "TSiteList", "<List>text</List>"), KhaosBadResponseError,
+                 id="not-an-array-of-structures"),
 ]
 
 
@@ -283,12 +398,18 @@ def test_non_transient_failures_raise_at_once(make: Callable, error: type[KhaosE
     assert len(recorder.requests) == 1 and sleeps == []
 
 
+def test_a_structure_where_a_string_is_read_is_a_bad_response() -> None:
+    client, _, _ = client_for(Recorder(sites(("1", "Main"))))
+    with pytest.raises(KhaosBadResponseError, match="expected a string, got a structure"):
+        client.export_company(["C1"])
+
+
 def test_fault_attributes() -> None:
-    client, _, _ = client_for(Recorder(fault("soap:Client", "MappingType must be 1")))
+    client, _, _ = client_for(Recorder(fault("SOAP-ENV:Client", "MappingType must be 1")))
     with pytest.raises(SoapFaultError) as caught:
         client.export_company(["C1"])
     assert (caught.value.fault_code, caught.value.fault_string, caught.value.method) == (
-        "soap:Client", "MappingType must be 1", "ExportCompany")
+        "SOAP-ENV:Client", "MappingType must be 1", "ExportCompany")
 
 
 def test_a_fault_in_a_200_is_still_a_fault() -> None:
@@ -305,7 +426,7 @@ def test_http_error_attributes() -> None:
 
 
 def test_recovers_after_transient_failures() -> None:
-    recorder = Recorder(httpx.Response(503), httpx.ReadTimeout("slow"), answer("GetSiteList", "<SITES/>"))
+    recorder = Recorder(httpx.Response(503), httpx.ReadTimeout("slow"), sites())
     client, sleeps, _ = client_for(recorder, retries=3)
     assert client.get_site_list() == []
     assert len(recorder.requests) == 3 and len(sleeps) == 2
@@ -332,13 +453,19 @@ def test_zero_retries_means_one_attempt() -> None:
     assert len(recorder.requests) == 1 and sleeps == []
 
 
-@pytest.mark.parametrize("returned, message", [
-    ("not base64!!", "not base64"),
-    (base64.b64encode(b"PK but not a zip").decode(), "not a readable zip"),
-    ("", "not a readable zip"),
+def compressed(data: str) -> httpx.Response:
+    return inline("ExportStockCompressed", "TCompressedData", f'<Data xsi:type="xsd:base64Binary">{data}</Data>')
+
+
+@pytest.mark.parametrize("response, message", [
+    (compressed("not base64!!"), "not base64"),
+    (compressed(base64.b64encode(b"PK but not a zip").decode()), "not a readable zip"),
+    (compressed(""), "not a readable zip"),
+    (inline("ExportStockCompressed", "TCompressedData", ""), "no Data"),
+    (answer("ExportStockCompressed", "not base64!!"), "not base64"),
 ])
-def test_bad_compressed_payloads(returned: str, message: str) -> None:
-    client, _, _ = client_for(Recorder(answer("ExportStockCompressed", returned)))
+def test_bad_compressed_payloads(response: httpx.Response, message: str) -> None:
+    client, _, _ = client_for(Recorder(response))
     with pytest.raises(KhaosBadResponseError, match=message):
         client.export_stock(["A"])
 
@@ -346,15 +473,16 @@ def test_bad_compressed_payloads(returned: str, message: str) -> None:
 def test_an_empty_zip_is_a_bad_response() -> None:
     buffer = io.BytesIO()
     zipfile.ZipFile(buffer, "w").close()
-    client, _, _ = client_for(Recorder(answer("ExportStockCompressed", base64.b64encode(buffer.getvalue()).decode())))
+    client, _, _ = client_for(Recorder(compressed(base64.b64encode(buffer.getvalue()).decode())))
     with pytest.raises(KhaosBadResponseError, match="empty"):
         client.export_stock(["A"])
 
 
 def test_a_short_stock_list_is_a_bad_response() -> None:
-    text = '<STOCK_LIST COUNT="3"><ITEM><STOCK_CODE>A</STOCK_CODE><PARENT_CODE/></ITEM></STOCK_LIST>'
-    client, _, _ = client_for(Recorder(answer("GetStockList", text)))
-    with pytest.raises(KhaosBadResponseError, match="COUNT"):
+    short = inline("GetStockList", "TStockList", '<Count xsi:type="xsd:int">3</Count>' + array(
+        "List", "TStockListItem", [item("TStockListItem", StockCode="A", ParentCode="")]))
+    client, _, _ = client_for(Recorder(short))
+    with pytest.raises(KhaosBadResponseError, match="Count says 3 but 1 items came"):
         client.get_stock_list(datetime(2026, 1, 1, tzinfo=UTC))
 
 
@@ -367,7 +495,7 @@ def test_fetch_wsdl_uses_the_wsdl_url_and_retries() -> None:
 
 
 def test_request_envelope_escapes_values() -> None:
-    body = request_envelope("ImportCompany", [("Customers", "<COMPANYS>&</COMPANYS>")])
+    body = request_envelope("ImportCompany", [("Customers", "string", "<COMPANYS>&</COMPANYS>")], BODY_NS)
     method = ET.fromstring(body).find(f"{{{SOAP_ENV}}}Body")[0]  # type: ignore[index]
     assert method.findtext("Customers") == "<COMPANYS>&</COMPANYS>"
 
@@ -378,12 +506,13 @@ CASSETTES = Path(__file__).parent / "cassettes"
 RECORDING = os.environ.get("KHAOSYNC_RECORD") == "1"
 CASSETTE_SOAP_URL = "https://kc.sandbox.test/khaos/KhaosKSD.exe/soap/IKosWeb"
 CASSETTE_USER, CASSETTE_PASSWORD = "kc-user", "cassette-pw-1"
-_PASSWORD_ELEMENT = re.compile(rb"<Password>.*?</Password>", re.S)
+_PASSWORD_ELEMENT = re.compile(rb"(<Password\b[^>]*>).*?(</Password>)", re.S)
+SCRUBBED = '<Password xsi:type="xsd:string">***</Password>'
 
 
 def scrub_request(request):  # vcr.request.Request -> the same, without the password
     if request.body:
-        request.body = _PASSWORD_ELEMENT.sub(b"<Password>***</Password>", request.body)
+        request.body = _PASSWORD_ELEMENT.sub(rb"\1***\2", request.body)
     return request
 
 
@@ -475,7 +604,7 @@ SINCE = datetime(2026, 9, 15, tzinfo=UTC)
 
 def test_cassette_lists(recorded: Callable[..., KhaosClient]) -> None:
     client = recorded()
-    assert client.get_site_list() == [(1, "Main")]
+    assert client.get_site_list() == [("1", "Main")]
     assert client.get_company_list(SINCE) == ["C001001"]
     assert client.get_stock_list(datetime(2026, 1, 1, tzinfo=UTC)) == [("TEE", None), ("TEE-RED-M", "TEE")]
 
@@ -486,11 +615,13 @@ def test_cassette_exports(recorded: Callable[..., KhaosClient]) -> None:
     assert [c.findtext("COMPANY_CODE") for c in companies] == ["C001001", "C001002"]
     stock = ET.fromstring(client.export_stock(["TEE-RED-M"]))  # ExportStockCompressed, unzipped
     assert [s.findtext("STOCK_ID") for s in stock] == ["301"]
-    orders = ET.fromstring(client.export_orders(datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 4, tzinfo=UTC)))
+    orders = ET.fromstring(client.export_orders("SO02075"))
     assert [o.findtext("ORDER_HEADER/SORDER_CODE") for o in orders] == ["SO02075"]
-    statuses = ET.fromstring(client.export_order_status(["2075"]))
+    statuses = ET.fromstring(client.export_order_status(["SO02075"]))
     assert statuses.findtext("ORDER_STATUS/ORDER_STATUS") == "PartialShip"
     assert statuses.findtext("ORDER_STATUS/INVOICES/INVOICE/TRACKING_NUMBER") == "JD0002211"
+    levels = ET.fromstring(client.export_stock_status(["TEE-RED-M", "TEE"]))
+    assert [i.findtext("CODE") for i in levels.findall("STOCK_ITEM")] == ["TEE", "TEE-RED-M"]
 
 
 def test_cassette_import_company(recorded: Callable[..., KhaosClient]) -> None:
@@ -498,7 +629,7 @@ def test_cassette_import_company(recorded: Callable[..., KhaosClient]) -> None:
     customers = ("<COMPANYS><COMPANY><COMPANY_CODE>C001001</COMPANY_CODE><MAILING_STATUS>5</MAILING_STATUS>"
                  "<CONTACTS><CONTACT><CONTACT_ID>7001</CONTACT_ID><EMAILSUBSCRIBE>0</EMAILSUBSCRIBE></CONTACT>"
                  "</CONTACTS></COMPANY></COMPANYS>")
-    assert client.import_company(customers) == ["C001001"]
+    assert client.import_company(customers) == [("C001001", "c1001@example.com")]
     after = ET.fromstring(client.export_company(["C001001"]))
     assert after.findtext("COMPANY/MAILING_STATUS") == "5"
     assert after.findtext("COMPANY/LAST_UPDATED") == "2026-10-05T12:00:00"
@@ -506,8 +637,8 @@ def test_cassette_import_company(recorded: Callable[..., KhaosClient]) -> None:
 
 def test_cassette_faults(recorded: Callable[..., KhaosClient]) -> None:
     with pytest.raises(SoapFaultError) as caught:
-        recorded().call("ExportCompany", {"CompanyCode": "C001001", "MappingType": "7"})
-    assert caught.value.fault_code == "soap:Client" and "MappingType" in caught.value.fault_string
+        recorded().call("ExportCompany", {"CompanyCode": "C001001", "MappingType": 7, "LastUpdated": NO_DATE})
+    assert caught.value.fault_code == "SOAP-ENV:Client" and "MappingType" in caught.value.fault_string
     with pytest.raises(SoapFaultError) as denied:
         recorded(password="wrong-password").get_site_list()
     assert denied.value.fault_string == "Access denied" and "wrong-password" not in str(denied.value)
@@ -526,7 +657,8 @@ def test_cassettes_hold_no_password() -> None:
     assert len(files) >= 5, "cassettes missing: record them with KHAOSYNC_RECORD=1"
     text = "".join(f.read_text(encoding="utf-8") for f in files)
     assert CASSETTE_PASSWORD not in text and "wrong-password" not in text
-    assert "<Password>***</Password>" in text
+    bodies = "".join(str(i["request"]["body"]) for f in files for i in yaml.safe_load(f.read_text())["interactions"])
+    assert SCRUBBED in bodies  # YAML folds long lines: read the bodies, not the file text
 
 
 @pytest.mark.skipif(RECORDING, reason="only meaningful when replaying")
@@ -536,3 +668,36 @@ def test_replay_refuses_requests_the_cassette_does_not_hold() -> None:
     client = KhaosClient(KhaosSettings(soap_url=CASSETTE_SOAP_URL, retries=0), transport=httpx.WSGITransport(app=_no_emulator))
     with cassette_vcr.use_cassette("test_cassette_lists.yaml"), pytest.raises(CannotOverwriteExistingCassetteException):
         client.get_site_list()  # no credentials: a different body from the recorded one
+
+
+# -- the client against the emulator in-process, in the ways sites differ ----------------
+
+@pytest.mark.parametrize("multiref", [True, False], ids=["multiref", "inline"])
+def test_the_client_against_a_session_site_in_both_encodings(tmp_path: Path, multiref: bool) -> None:
+    from khaosync.sandbox.khaos_emulator import KhaosEmulator
+
+    _world(tmp_path)
+    app = KhaosEmulator(tmp_path, credentials=(CASSETTE_USER, CASSETTE_PASSWORD), credentials_mode="session",
+                        multiref=multiref, stock_list_form="date_type")
+    creds = KhaosCredentials(username=CASSETTE_USER, password=SecretStr(CASSETTE_PASSWORD), mode="session")
+    site = KhaosSettings(soap_url=CASSETTE_SOAP_URL, credentials=creds, retries=0, stock_list_form="date_type")
+    with KhaosClient(site, transport=httpx.WSGITransport(app=app), sleep=lambda s: None) as client:
+        assert discover(client.fetch_wsdl(), client.settings).ok
+        assert client.get_site_list() == [("1", "Main")]
+        assert client.get_stock_list(datetime(2026, 1, 1, tzinfo=UTC)) == [("TEE", None), ("TEE-RED-M", "TEE")]
+        # The sandbox site exports SCS children inside their parent's tree, not by their own code.
+        assert ET.fromstring(client.export_stock(["TEE-RED-M"])).findall("STOCK_ITEM") == []
+        stock = ET.fromstring(client.export_stock(["TEE"]))
+        assert [s.findtext("STOCK_ID") for s in stock] == ["300"]
+        assert [i.findtext("STOCK_ID") for i in stock.iter("SCS_ITEM")] == ["301"]
+    assert app.stats()["calls"]["Login"] == 1
+    with KhaosClient(site, transport=httpx.WSGITransport(app=app), sleep=lambda s: None) as client:
+        client.get_site_list()
+        app.expire_sessions()
+        assert client.get_site_list() == [("1", "Main")]
+    assert app.stats()["calls"]["Login"] == 3  # logged in again, once
+    wrong = KhaosCredentials(username=CASSETTE_USER, password=SecretStr("guess"), mode="session")
+    with KhaosClient(site.model_copy(update={"credentials": wrong}), transport=httpx.WSGITransport(app=app)) as client:
+        with pytest.raises(SoapFaultError) as caught:
+            client.get_site_list()
+    assert caught.value.method == "Login" and "guess" not in str(caught.value)
