@@ -253,3 +253,48 @@ def test_the_same_record_in_two_files_keeps_the_one_kc_changed_last(tmp_path):
         found = [e for e in store.exceptions() if e.type == "conflicting_exports"]
     assert found and "older" in found[0].reason
     assert json.dumps([e.records for e in found]).count("company:2") == 1
+
+
+class _SequenceSite:
+    """A KC site that is only a list of order documents by code (and no statuses)."""
+
+    def __init__(self, orders: dict[str, str]):
+        self.orders = orders
+        self.last_server_time = None
+        self.asked: list[str] = []
+
+    def export_orders(self, code: str) -> bytes:
+        self.asked.append(code)
+        return f"<SALES_ORDERS>{self.orders.get(code, '')}</SALES_ORDERS>".encode()
+
+    def export_order_status(self, ids: list[str], mapping_type: int = 3) -> bytes:
+        return b"<STATUS_LIST/>"
+
+
+def _order(oid: int, order_type: int = 1) -> str:
+    return (f"<SALES_ORDER><CUSTOMER_DETAIL><COMPANY_ID>1</COMPANY_ID></CUSTOMER_DETAIL><ORDER_HEADER>"
+            f"<SORDER_ID>{oid}</SORDER_ID><SORDER_CODE>SO{oid:05d}</SORDER_CODE><ORDER_TYPE>{order_type}</ORDER_TYPE>"
+            f"<ORDER_DATE>2026-10-01T10:00:00</ORDER_DATE><ORDER_AMOUNT>10.00</ORDER_AMOUNT>"
+            f"<ORDER_CURRENCY_CODE>GBP</ORDER_CURRENCY_CODE></ORDER_HEADER><ORDER_ITEMS><ORDER_ITEM>"
+            f"<SORDER_ITEM_ID>{oid}1</SORDER_ITEM_ID><ORDER_QTY>1</ORDER_QTY><PRICE_GRS>10.00</PRICE_GRS>"
+            f"</ORDER_ITEM></ORDER_ITEMS></SALES_ORDER>")
+
+
+def test_the_walk_crosses_gaps_keeps_credit_notes_apart_and_resumes_after_the_last_code(tmp_path):
+    orders = {f"SO{n:05d}": _order(n) for n in (1, 2, 5, 9)}  # codes 3, 4, 6-8 deleted
+    orders["SO00006"] = _order(6, order_type=2)  # a credit note in the sequence
+    site = _SequenceSite(orders)
+    profile = sandbox_profile(state=str(tmp_path / "state.db"))
+    profile = profile.model_copy(update={"pull": profile.pull.model_copy(update={"order_code_gap": 4})})
+    with open_store(profile.state) as store:
+        result = pull(store, profile, SoapSource(site, profile, None), entities=["orders"])
+        assert staging.get_bookmark(store.conn, ORDER_CODE_BOOKMARK) == "SO00009"
+        kept = store.conn.execute("SELECT reason FROM rejected_payload").fetchall()
+    assert set(staged(tmp_path, "sales_order")) == {"1", "2", "5", "9"}
+    assert result.entities["orders"].rejected == 1 and "credit note" in kept[0][0]
+    assert site.asked[-4:] == ["SO00010", "SO00011", "SO00012", "SO00013"]  # the gap that ended the walk
+    site.orders["SO00011"] = _order(11)  # placed since: found next run, from after the last code found
+    site.asked.clear()
+    with open_store(profile.state) as store:
+        again = pull(store, profile, SoapSource(site, profile, None), entities=["orders"])
+    assert site.asked[0] == "SO00010" and again.entities["orders"].new == 1
