@@ -179,11 +179,12 @@ def render_stock_item(doc: dict, variants: list[dict] | None = None) -> str:
     if variants:
         by_colour: dict[str, list[dict]] = {}
         for v in variants:
-            by_colour.setdefault(v["scs"]["colour"], []).append(v)
+            by_colour.setdefault((v.get("scs") or {}).get("colour", ""), []).append(v)
         styles = []
         for colour, group in by_colour.items():
             sizes = [el("STYLE", children([
-                el("DESCRIPTION", v["scs"]["size"]), el("SCS_CODE_SUFFIX", v["stock_code"].rsplit("-", 1)[-1]),
+                el("DESCRIPTION", (v.get("scs") or {}).get("size", "")),
+                el("SCS_CODE_SUFFIX", v["stock_code"].rsplit("-", 1)[-1]),
                 el("SCS_ITEM", children(_stock_fields(v, child=True))),
             ])) for v in group]
             suffix = group[0]["stock_code"].split("-")[-2] if group[0]["stock_code"].count("-") >= 2 else ""
