@@ -114,6 +114,9 @@ class KhaosMethods:
             code = (company.findtext("COMPANY_CODE") or "").strip()
             if not code:
                 raise client_fault("ImportCompany: COMPANY without COMPANY_CODE")
+            # KSDXMLCustomer.xml: COMPANY_CLASS is "Mandatory", even when updating a customer.
+            if not (company.findtext("COMPANY_CLASS") or "").strip():
+                raise client_fault(f"ImportCompany {code}: COMPANY without COMPANY_CLASS")
             for doc in self._by_field(world, "company", "company_code", [code]):
                 _apply_consent(doc, company)
                 doc["updated"] = clock
@@ -230,7 +233,12 @@ def _apply_consent(doc: dict, company: Element) -> None:
     try:
         if (status := company.find("MAILING_STATUS")) is not None:
             doc["mailing_status"] = kc_int(status.text, field="MAILING_STATUS")
-        for incoming in company.findall("CONTACTS/CONTACT"):
+        for address in company.findall("ADDRESSES/ADDRESS"):
+            # KSDXMLCustomer.xml: "Either COUNTRY or COUNTRY_CODE must be specified".
+            if not ((address.findtext("COUNTRY") or "").strip() or (address.findtext("COUNTRY_CODE") or "").strip()):
+                raise client_fault(f"ImportCompany {doc['company_code']}: ADDRESS without COUNTRY or COUNTRY_CODE")
+        # KSDXMLCustomer.xml: the contacts sit inside their address (ADDRESS/CONTACTS/CONTACT).
+        for incoming in company.findall("ADDRESSES/ADDRESS/CONTACTS/CONTACT"):
             subscribe = incoming.find("EMAILSUBSCRIBE")
             if subscribe is None:
                 continue

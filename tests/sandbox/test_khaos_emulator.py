@@ -246,13 +246,19 @@ def test_serve_twice_repeats_records_in_one_answer(site: Site, world_folder: Pat
 
 
 def test_import_company_updates_consent_and_bumps_updated(site: Site, world_folder: Path) -> None:
+    def address(contact: str) -> str:  # KSDXMLCustomer.xml: contacts sit inside their address
+        return (f"<ADDRESSES><ADDRESS><ADDRESS_ID>1</ADDRESS_ID><COUNTRY_CODE>GB</COUNTRY_CODE>"
+                f"<CONTACTS><CONTACT>{contact}</CONTACT></CONTACTS></ADDRESS></ADDRESSES>")
+
     customers = (
         "<COMPANYS>"
-        "<COMPANY><COMPANY_CODE>C001001</COMPANY_CODE><MAILING_STATUS>5</MAILING_STATUS>"
-        "<CONTACTS><CONTACT><CONTACT_ID>7001</CONTACT_ID><EMAILSUBSCRIBE>0</EMAILSUBSCRIBE></CONTACT></CONTACTS></COMPANY>"
-        "<COMPANY><COMPANY_CODE>C001002</COMPANY_CODE>"
-        "<CONTACTS><CONTACT><EMAIL>shared@example.com</EMAIL><EMAILSUBSCRIBE>0</EMAILSUBSCRIBE></CONTACT></CONTACTS></COMPANY>"
-        "<COMPANY><COMPANY_CODE>C999999</COMPANY_CODE><MAILING_STATUS>5</MAILING_STATUS></COMPANY>"
+        "<COMPANY><COMPANY_CODE>C001001</COMPANY_CODE><COMPANY_CLASS>Retail</COMPANY_CLASS>"
+        "<MAILING_STATUS>5</MAILING_STATUS>"
+        + address("<CONTACT_ID>7001</CONTACT_ID><EMAILSUBSCRIBE>0</EMAILSUBSCRIBE>") + "</COMPANY>"
+        "<COMPANY><COMPANY_CODE>C001002</COMPANY_CODE><COMPANY_CLASS>Retail</COMPANY_CLASS>"
+        + address("<EMAIL>shared@example.com</EMAIL><EMAILSUBSCRIBE>0</EMAILSUBSCRIBE>") + "</COMPANY>"
+        "<COMPANY><COMPANY_CODE>C999999</COMPANY_CODE><COMPANY_CLASS>Retail</COMPANY_CLASS>"
+        "<MAILING_STATUS>5</MAILING_STATUS></COMPANY>"
         "</COMPANYS>"
     )
     result = site.doc("ImportCompany", [("Customers", customers), ("Method", "1")])
@@ -271,7 +277,13 @@ def test_import_company_updates_consent_and_bumps_updated(site: Site, world_fold
     "<COMPANYS><COMPANY>",
     '<!DOCTYPE x [<!ENTITY a "aaaa">]><COMPANYS><COMPANY><COMPANY_CODE>&a;</COMPANY_CODE></COMPANY></COMPANYS>',
     "<CUSTOMERS/>",
-    "<COMPANYS><COMPANY><COMPANY_CODE>C001001</COMPANY_CODE><MAILING_STATUS>yes</MAILING_STATUS></COMPANY></COMPANYS>",
+    "<COMPANYS><COMPANY><COMPANY_CODE>C001001</COMPANY_CODE><COMPANY_CLASS>Retail</COMPANY_CLASS>"
+    "<MAILING_STATUS>yes</MAILING_STATUS></COMPANY></COMPANYS>",
+    # COMPANY_CLASS is mandatory even for an update; an address needs COUNTRY or COUNTRY_CODE
+    "<COMPANYS><COMPANY><COMPANY_CODE>C001001</COMPANY_CODE><MAILING_STATUS>5</MAILING_STATUS></COMPANY></COMPANYS>",
+    "<COMPANYS><COMPANY><COMPANY_CODE>C001001</COMPANY_CODE><COMPANY_CLASS>Retail</COMPANY_CLASS><ADDRESSES><ADDRESS>"
+    "<ADDRESS_ID>1</ADDRESS_ID><CONTACTS><CONTACT><CONTACT_ID>7001</CONTACT_ID><EMAILSUBSCRIBE>0</EMAILSUBSCRIBE>"
+    "</CONTACT></CONTACTS></ADDRESS></ADDRESSES></COMPANY></COMPANYS>",
 ])
 def test_import_company_refuses_bad_documents(site: Site, customers: str) -> None:
     assert site.fault("ImportCompany", [("Customers", customers), ("Method", "1")])[0] == "soap:Client"
