@@ -1,0 +1,142 @@
+"""The consent back-flow through the sandbox: Ometria's opt-outs end up in the KC emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from khaosync.config import sandbox_profile
+from khaosync.connect import Connections
+from khaosync.sandbox.generator import load_manifest
+from khaosync.sandbox.ometria_emulator import OmetriaEmulator
+from khaosync.sandbox.world import World
+from khaosync.stages.consent import consent_flow, diff_consent, push_consent, read_ometria_consent
+from khaosync.stages.pull import FileSource, SoapSource, pull
+from khaosync.store import open_store
+
+KEY = "sandbox-key"
+
+
+def profile_of(tmp_path: Path, sandbox: Path):
+    return sandbox_profile(state=str(tmp_path / "state.db"), sandbox_path=str(sandbox))
+
+
+def pulled(tmp_path: Path, sandbox: Path):
+    profile = profile_of(tmp_path, sandbox)
+    connections = Connections(profile)
+    with open_store(profile.state) as store:
+        pull(store, profile, SoapSource(connections.khaos_client(), profile, FileSource(sandbox / "exports")),
+             entities=["customers"])
+    return profile, connections
+
+
+def kc_companies(sandbox: Path) -> dict[int, dict]:
+    world = World(sandbox, create=False)
+    try:
+        return {doc["company_id"]: doc for doc in world.iter("company")}
+    finally:
+        world.close()
+
+
+class CountingKhaos:
+    """The real KC client, counting imports; ``die`` stops the run before or after KC applies one."""
+
+    def __init__(self, client, die: str | None = None):
+        self.client, self.die, self.imports = client, die, 0
+
+    def import_company(self, companies_xml: str):
+        if self.die == "before":
+            raise KeyboardInterrupt("killed before sending")
+        answer = self.client.import_company(companies_xml)
+        self.imports += 1
+        if self.die == "after":
+            raise KeyboardInterrupt("killed before the answer was recorded")
+        return answer
+
+    def export_company(self, codes):
+        return self.client.export_company(codes)
+
+
+def run_flow(store, profile, connections, kc, *, commit=True):
+    run_id = store.start_run("consent", profile.name)
+    return consent_flow(store, profile, connections.ometria_client(), kc, run_id=run_id, commit=commit)
+
+
+def test_every_planted_ometria_opt_out_reaches_kc_and_nothing_else_changes(tmp_path, sandbox):
+    planted = load_manifest(sandbox)["faults"]["ometria_unsubscribed"]
+    assert planted, "the sandbox plants Ometria-side unsubscribes"
+    before = kc_companies(sandbox)
+    profile, connections = pulled(tmp_path, sandbox)
+    kc = CountingKhaos(connections.khaos_client())
+    with open_store(profile.state) as store:
+        dry = run_flow(store, profile, connections, kc, commit=False)
+        assert dry.push.planned == len(planted) and kc.imports == 0
+        assert kc_companies(sandbox) == before  # a dry run sends nothing
+        done = run_flow(store, profile, connections, kc)
+    assert dry.read.new_unsubscribes == len(planted) and done.read.new_unsubscribes == 0  # each kept once
+    assert (done.push.done, done.push.failed, done.push.unwritable) == (len(planted), 0, [])
+    after = kc_companies(sandbox)
+    expected = {(e["company_id"], e["contact_id"]) for e in planted}
+    for company_id, doc in after.items():
+        old = before[company_id]
+        for new_contact, old_contact in zip(doc["contacts"], old["contacts"]):
+            if (company_id, new_contact["contact_id"]) in expected:
+                assert new_contact["email_subscribe"] is False
+            else:
+                assert new_contact == old_contact
+        touched = any((company_id, c["contact_id"]) in expected for c in doc["contacts"])
+        changed = {k for k in doc if doc[k] != old[k]} - {"contacts"}
+        assert changed <= ({"mailing_status", "updated"} if touched else set()), company_id
+        if doc["mailing_status"] != old["mailing_status"]:
+            assert doc["mailing_status"] == 5  # the mapping's "do not mail", only for a sole contact
+            assert len([c for c in doc["contacts"] if c["email"]]) == 1
+
+
+def test_a_second_run_and_a_later_pull_change_nothing(tmp_path, sandbox):
+    profile, connections = pulled(tmp_path, sandbox)
+    kc = CountingKhaos(connections.khaos_client())
+    with open_store(profile.state) as store:
+        first = run_flow(store, profile, connections, kc)
+        assert first.push.done > 0
+        imports = kc.imports
+        again = run_flow(store, profile, connections, kc)
+        assert (again.push.planned, kc.imports) == (0, imports)
+        assert again.diff.counts.get("written") == first.push.done
+        after_kc = kc_companies(sandbox)
+        pull(store, profile, SoapSource(connections.khaos_client(), profile, None), entities=["customers"])
+        later = run_flow(store, profile, connections, kc)
+    assert (later.push.planned, kc.imports) == (0, imports)
+    assert "opt_out_in_kc" not in later.diff.counts and "written" not in later.diff.counts
+    assert kc_companies(sandbox) == after_kc
+
+
+@pytest.mark.parametrize("die, resumed, resent", [("after", 1, 0), ("before", 0, 1)])
+def test_a_kill_between_journal_and_answer_resumes_without_a_double_import(tmp_path, sandbox, die, resumed, resent):
+    profile, connections = pulled(tmp_path, sandbox)
+    dying = CountingKhaos(connections.khaos_client(), die=die)
+    with open_store(profile.state) as store:
+        run_id = store.start_run("consent", profile.name)
+        read_ometria_consent(store, profile, connections.ometria_client(), run_id=run_id)
+        planned = diff_consent(store, profile, run_id=run_id).planned
+        with pytest.raises(KeyboardInterrupt):
+            push_consent(store, profile, dying, commit=True, run_id=run_id)
+        assert store.conn.execute("SELECT state FROM consent_batch").fetchall() == [("journaled",)]
+        kc = CountingKhaos(connections.khaos_client())
+        result = push_consent(store, profile, kc, commit=True, run_id=run_id)
+    assert (result.resumed, result.resent, result.done) == (resumed, resent, planned)
+    assert kc.imports == resent  # applied before the kill: confirmed from KC's own export, not imported again
+    assert dying.imports + kc.imports == 1
+
+
+def test_no_kc_match_is_listed_never_created_and_kc_opt_out_is_never_reopted(tmp_path, sandbox):
+    emu = OmetriaEmulator(sandbox / "ometria.db", KEY)
+    emu.seed_unsubscribe("nobody-in-kc@example.com", "2026-09-01T10:00:00Z", type="preferences_centre")
+    before = kc_companies(sandbox)
+    profile, connections = pulled(tmp_path, sandbox)
+    with open_store(profile.state) as store:
+        flow = run_flow(store, profile, connections, CountingKhaos(connections.khaos_client()))
+    row = next(r for r in flow.diff.rows if r.email == "nobody-in-kc@example.com")
+    assert (row.action, row.contact_id, row.ometria_source) == ("no_kc_match", None, "unsubscribes:preferences_centre")
+    assert len(kc_companies(sandbox)) == len(before)
+    assert all(r.kc != "EXPLICITLY_OPTEDOUT" for r in flow.diff.rows if r.action == "opt_out_in_kc")
