@@ -40,7 +40,7 @@ from khaosync.config import Profile
 from khaosync.errors import KhaosyncError
 from khaosync.findings import owner_of, severity_of
 from khaosync.khaos.models import Company
-from khaosync.mapping.contacts import consent_for, email_key
+from khaosync.mapping.contacts import ConsentTimes, consent_for, email_key
 from khaosync.mapping.schema import Mapping, load_mapping
 from khaosync.ometria import wire
 from khaosync.ometria.unsubscribes import parse_timestamp
@@ -200,6 +200,80 @@ class ConsentDiff:
                 "planned": self.planned, "conflicts": self.conflicts, "rows": [r.as_dict() for r in self.rows]}
 
 
+def _norm(text: str | None) -> str | None:
+    """Any stored ISO time as ``_iso`` writes it, so times compare as strings."""
+    if not text:
+        return None
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return _iso(parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc))
+
+
+def _undated(parsed: dict) -> str | None:
+    """The time given to a value that was already there at the first pull: KC's own last change
+    of the company (an upper bound), else its creation; never the time of our pull."""
+    return _norm(parsed.get("last_updated") or parsed.get("date_created"))
+
+
+def _observe(conn, staged) -> dict[tuple[str, str], str | None]:
+    # A value already there at the first pull is undated (NULL): older than any Ometria change.
+    return cstore.observe_kc_consent(conn, staged.key, staged.version, staged.parsed, None)
+
+
+def record_kc_consent(store: StateStore) -> None:
+    """Note, for every staged company, each KC consent value that changed since last seen."""
+    with store.transaction() as conn:
+        for staged in staging.iter_current(conn, "company"):
+            if staged.parsed is not None:
+                _observe(conn, staged)
+
+
+def decision_of(company: Company, contact, mapping: Mapping,
+                times: dict[tuple[str, str], str | None]) -> tuple[str | None, str | None, str]:
+    """(KC's decision, when khaosync first saw the value behind it, which field decided)."""
+    decision, _unknown = consent_for(company.mailing_status, contact.email_subscribe, mapping.consent)
+    own, _ = consent_for(None, contact.email_subscribe, mapping.consent)
+    if decision is not None and own == decision:
+        at, why = times.get(("contact", str(contact.contact_id))), f"EMAILSUBSCRIBE {contact.email_subscribe}"
+    else:
+        at, why = times.get(("company", company.key)), f"MAILING_STATUS {company.mailing_status}"
+    return (None if decision is None else str(decision.value)), _norm(at), why
+
+
+def seen_times(conn, company: Company) -> dict[tuple[str, str], str | None]:
+    """The first-seen times ``record_kc_consent`` kept for a company and its contacts."""
+    keys = [("company", company.key)] + [("contact", str(c.contact_id)) for c in company.contacts]
+    out: dict[tuple[str, str], str | None] = {}
+    for entity, key in keys:
+        row = conn.execute("SELECT since FROM kc_consent_seen WHERE entity = ? AND key = ?", (entity, key)).fetchone()
+        out[(entity, key)] = row[0] if row else None
+    return out
+
+
+class MapConsent:
+    """What ``map`` needs to date consent and to keep off newer Ometria opt-outs."""
+
+    def __init__(self, store: StateStore, mapping: Mapping):
+        record_kc_consent(store)
+        self.conn = store.conn
+        self.mapping = mapping
+        self.by_email, self.by_contact = cstore.latest_opt_outs(store.conn)
+
+    def times(self, company: Company) -> dict[int, ConsentTimes]:
+        seen = seen_times(self.conn, company)
+        out: dict[int, ConsentTimes] = {}
+        for c in company.contacts:
+            _decision, at, _why = decision_of(company, c, self.mapping, seen)
+            outs = [t for t in (self.by_contact.get(str(c.contact_id)), self.by_email.get(email_key(c.email) or ""))
+                    if t]
+            undated = _undated(company.model_dump(mode="json")) if at is None else None
+            out[c.contact_id] = ConsentTimes(_dt(at), _dt(max(outs)) if outs else None, _dt(undated))
+        return out
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if not text else datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def _kc_contacts(store: StateStore, mapping: Mapping) -> list[KcContact]:
     out: list[KcContact] = []
     with store.transaction() as conn:
@@ -207,17 +281,10 @@ def _kc_contacts(store: StateStore, mapping: Mapping) -> list[KcContact]:
             if staged.parsed is None:
                 continue
             company = Company.model_validate(staged.parsed)
-            undated = None if company.last_updated is None else _iso(company.last_updated)
-            times = cstore.observe_kc_consent(conn, company.key, staged.version, staged.parsed, undated)
+            times = _observe(conn, staged)
             for c in company.contacts:
-                decision, _unknown = consent_for(company.mailing_status, c.email_subscribe, mapping.consent)
-                own, _ = consent_for(None, c.email_subscribe, mapping.consent)
-                if decision is not None and own == decision:
-                    at, why = times.get(("contact", str(c.contact_id))), f"EMAILSUBSCRIBE {c.email_subscribe}"
-                else:
-                    at, why = times.get(("company", company.key)), f"MAILING_STATUS {company.mailing_status}"
-                out.append(KcContact(str(c.contact_id), company, email_key(c.email) or "",
-                                     None if decision is None else str(decision.value), at, why))
+                decision, at, why = decision_of(company, c, mapping, times)
+                out.append(KcContact(str(c.contact_id), company, email_key(c.email) or "", decision, at, why))
     return out
 
 
@@ -474,3 +541,40 @@ def consent_flow(store: StateStore, profile: Profile, reader: ConsentReader, kc:
 
 def rows_json(rows: list[ConsentRow]) -> str:
     return json.dumps([r.as_dict() for r in rows], sort_keys=True)
+
+
+def run_consent_diff(store: StateStore, profile: Profile, reader: ConsentReader, *,
+                     mapping: Mapping | None = None) -> ConsentDiff:
+    """``khaosync consent diff``: read Ometria's changes and plan, as one run."""
+    run_id = store.start_run("consent diff", profile.name)
+    try:
+        read = read_ometria_consent(store, profile, reader, run_id=run_id, mapping=mapping)
+        diff = diff_consent(store, profile, run_id=run_id, mapping=mapping)
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    diff.read = read
+    store.finish_run(run_id, "ok", {"read": read.as_dict(), "counts": diff.counts})
+    return diff
+
+
+def run_consent_push(store: StateStore, profile: Profile, kc: CompanyImporter | None, *,
+                     commit: bool) -> ConsentPushResult:
+    """``khaosync consent push``: the planned opt-outs to KC (only with ``commit``), as one run."""
+    run_id = store.start_run("consent push --commit" if commit else "consent push", profile.name)
+    try:
+        owners = dict(load_mapping(profile.mappings).owners)
+        result = push_consent(store, profile, kc, commit=commit, run_id=run_id, owners=owners)
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    store.finish_run(run_id, "ok", result.as_dict())
+    return result
+
+
+def planned_documents(store: StateStore) -> list[tuple[str, list[cstore.Change]]]:
+    """What a push would write now, per URN (for the dry run's table)."""
+    grouped: dict[str, list[cstore.Change]] = defaultdict(list)
+    for change in cstore.changes(store.conn, ["planned"]):
+        grouped[change.urn].append(change)
+    return sorted(grouped.items())

@@ -55,6 +55,20 @@ def latest_events(conn: sqlite3.Connection) -> tuple[dict[str, Event], dict[str,
     return by_email, by_contact
 
 
+def latest_opt_outs(conn: sqlite3.Connection) -> tuple[dict[str, str], dict[str, str]]:
+    """The newest dated Ometria opt-out per email and per contact id (UTC ISO)."""
+    by_email: dict[str, str] = {}
+    by_contact: dict[str, str] = {}
+    for email, contact_id, at in conn.execute(
+            "SELECT email, contact_id, max(at) FROM consent_event WHERE optin = 'EXPLICITLY_OPTEDOUT' AND at != ''"
+            " GROUP BY email, contact_id"):
+        if contact_id:
+            by_contact[contact_id] = max(at, by_contact.get(contact_id, ""))
+        elif email:
+            by_email[email] = max(at, by_email.get(email, ""))
+    return by_email, by_contact
+
+
 # -- KC consent first-seen times -------------------------------------------------------------
 def _since_of(conn: sqlite3.Connection, entity: str, key: str, company_key: str, value: str,
               after_version: int, undated: str | None) -> str | None:
@@ -98,7 +112,7 @@ def observe_kc_consent(conn: sqlite3.Connection, company_key: str, version: int,
             out[(entity, key)] = row[1]
             continue
         since = _since_of(conn, entity, key, company_key, value, row[2] if row else 0, undated if row is None else None)
-        if row is not None and since is None:
+        if row is not None and since is None:  # a change seen in the very first version: cannot be; be safe
             since = staging.current(conn, "company", company_key).seen_at  # type: ignore[union-attr]
         conn.execute(
             "INSERT INTO kc_consent_seen(entity, key, value, since, version) VALUES (?,?,?,?,?)"
