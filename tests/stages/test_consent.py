@@ -140,3 +140,70 @@ def test_no_kc_match_is_listed_never_created_and_kc_opt_out_is_never_reopted(tmp
     assert (row.action, row.contact_id, row.ometria_source) == ("no_kc_match", None, "unsubscribes:preferences_centre")
     assert len(kc_companies(sandbox)) == len(before)
     assert all(r.kc != "EXPLICITLY_OPTEDOUT" for r in flow.diff.rows if r.action == "opt_out_in_kc")
+
+
+# -- consent times khaosync keeps itself (KC keeps none) -----------------------------------------
+def mapped_contact(store, contact_id: int) -> dict:
+    import json
+
+    body = store.conn.execute("SELECT body FROM outbound_record WHERE type = 'contact' AND id = ?",
+                              (str(contact_id),)).fetchone()[0]
+    return json.loads(bytes(body))
+
+
+def test_a_kc_consent_change_is_sent_with_the_time_khaosync_first_saw_it_never_now(tmp_path, sandbox):
+    from khaosync.stages.map import map_records
+
+    profile, connections = pulled(tmp_path, sandbox)
+    companies = kc_companies(sandbox)
+    company = next(d for d in companies.values()
+                   if d["mailing_status"] in (1, 2, 3) and d["contacts"] and d["contacts"][0]["email_subscribe"] is True
+                   and d["contacts"][0]["email"])
+    contact_id = company["contacts"][0]["contact_id"]
+    source = SoapSource(connections.khaos_client(), profile, None)
+    with open_store(profile.state) as store:
+        map_records(store, profile, entities=["contacts"])
+        first = mapped_contact(store, contact_id)
+        # there since the first pull: dated by KC's own last change of the company, not by our pull
+        assert first["marketing_optin"] == "EXPLICITLY_OPTEDIN"
+        assert first["timestamp_subscribed"] == store.conn.execute(
+            "SELECT json_extract(parsed, '$.last_updated') FROM staged_record WHERE entity = 'company' AND key = ?"
+            " AND current = 1", (str(company["company_id"]),)).fetchone()[0]
+        world = World(sandbox, create=False)
+        company["contacts"][0]["email_subscribe"] = False
+        company["updated"] = "2026-12-01T09:00:00"
+        world.set_meta("clock", "2026-12-01T09:00:00")
+        world.put("company", company)
+        world.close()
+        pull(store, profile, source, entities=["customers"])
+        seen = store.conn.execute("SELECT seen_at FROM staged_record WHERE entity = 'company' AND key = ? AND "
+                                  "current = 1", (str(company["company_id"]),)).fetchone()[0]
+        map_records(store, profile, entities=["contacts"])
+        changed = mapped_contact(store, contact_id)
+        assert changed["marketing_optin"] == "EXPLICITLY_OPTEDOUT" and "timestamp_subscribed" not in changed
+        assert changed["timestamp_unsubscribed"] == seen[:19] + "Z"  # when the change was first seen
+        # a later, unrelated change in KC does not move the consent time
+        world = World(sandbox, create=False)
+        company["contacts"][0]["forename"] = "Renamed"
+        company["updated"] = "2026-12-01T11:00:00"
+        world.put("company", company)
+        world.close()
+        pull(store, profile, source, entities=["customers"])
+        map_records(store, profile, entities=["contacts"])
+        later = mapped_contact(store, contact_id)
+    assert later["firstname"] == "Renamed" and later["timestamp_unsubscribed"] == changed["timestamp_unsubscribed"]
+
+
+def test_map_never_sends_a_kc_opt_in_over_a_newer_ometria_opt_out(tmp_path, sandbox):
+    from khaosync.stages.map import map_records
+
+    planted = load_manifest(sandbox)["faults"]["ometria_unsubscribed"][0]
+    profile, connections = pulled(tmp_path, sandbox)
+    with open_store(profile.state) as store:
+        map_records(store, profile, entities=["contacts"])
+        assert mapped_contact(store, planted["contact_id"])["marketing_optin"] == "EXPLICITLY_OPTEDIN"  # KC's word
+        run_id = store.start_run("consent", profile.name)
+        read_ometria_consent(store, profile, connections.ometria_client(), run_id=run_id)
+        map_records(store, profile, entities=["contacts"])
+        body = mapped_contact(store, planted["contact_id"])
+    assert "marketing_optin" not in body and "timestamp_subscribed" not in body
