@@ -14,17 +14,26 @@ consent_app = typer.Typer(help="Consent back-flow: Ometria's unsubscribes writte
 ACTIONS = ("opt_out_in_kc", "conflict", "no_kc_match", "written", "kc_wins", "agree")
 
 
+def _when(text: str | None) -> str:
+    return text[:16].replace("T", " ") if text else "undated"
+
+
 def diff_table(result, show_all: bool) -> Table:  # result: khaosync.stages.consent.ConsentDiff
-    table = Table(title="consent: KC beside Ometria", title_justify="left")
-    for col in ("contact", "company", "email", "KC", "KC since", "Ometria", "Ometria at", "source", "action"):
-        table.add_column(col)
-    short = {"EXPLICITLY_OPTEDIN": "opted in", "EXPLICITLY_OPTEDOUT": "opted out", None: "-"}
+    """One row per person, fitting 80 columns: who, KC's side, Ometria's side, what happens."""
+    table = Table(title="consent: KC beside Ometria", title_justify="left", box=None, header_style="bold underline")
+    table.add_column("contact")
+    table.add_column("KC")
+    table.add_column("Ometria")
+    table.add_column("action", no_wrap=True)
+    short = {"EXPLICITLY_OPTEDIN": "in", "EXPLICITLY_OPTEDOUT": "out", None: "none"}
     for r in result.rows:
         if r.action == "agree" and not show_all:
             continue
-        table.add_row(r.contact_id or "-", r.company_id or "-", r.email or "-", short.get(r.kc, r.kc),
-                      r.kc_at or "undated", short.get(r.ometria, r.ometria), r.ometria_at or "undated",
-                      r.ometria_source, r.action + (f" (MAILING_STATUS {r.mailing_status})" if r.mailing_status else ""))
+        who = (f"{r.contact_id} (company {r.company_id})" if r.contact_id else "no KC contact") + f"\n{r.email}"
+        kc = f"{short.get(r.kc, r.kc)} {_when(r.kc_at)}" + (f"\n{r.kc_source}" if r.kc_source else "")
+        ometria = f"{short.get(r.ometria, r.ometria)} {_when(r.ometria_at)}\n{r.ometria_source.split(':', 1)[-1]}"
+        action = r.action + (f"\nMAILING_STATUS {r.mailing_status}" if r.mailing_status is not None else "")
+        table.add_row(who, kc, ometria, action)
     return table
 
 
