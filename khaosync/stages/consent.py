@@ -39,6 +39,7 @@ from defusedxml import ElementTree as DET
 from khaosync.config import Profile
 from khaosync.errors import KhaosyncError
 from khaosync.findings import owner_of, severity_of
+from khaosync.khaos.errors import SoapFaultError
 from khaosync.khaos.models import Company
 from khaosync.mapping.contacts import ConsentTimes, consent_for, email_key
 from khaosync.mapping.schema import Mapping, load_mapping
@@ -304,7 +305,9 @@ def diff_consent(store: StateStore, profile: Profile, *, run_id: int, mapping: M
     owners = {**dict(mapping.owners), **(owners or {})}
     kc = _kc_contacts(store, mapping)
     by_email: dict[str, list[KcContact]] = defaultdict(list)
+    by_company: dict[str, list[KcContact]] = defaultdict(list)
     for c in kc:
+        by_company[c.company_id].append(c)
         if c.email:
             by_email[c.email].append(c)
     unsubscribed, read_back = cstore.latest_events(store.conn)
@@ -334,8 +337,8 @@ def diff_consent(store: StateStore, profile: Profile, *, run_id: int, mapping: M
                 row.note = "KC's opt-in is newer than Ometria's opt-out; khaosync never forces an opt-in"
             else:
                 row.action = "opt_out_in_kc"
-                row.mailing_status = _company_status(c, kc, by_email, unsubscribed, read_back, write_status,
-                                                     mapping)
+                row.mailing_status = _company_status(c, by_company, by_email, unsubscribed, read_back,
+                                                     write_status, mapping)
         else:  # an opt-in in Ometria, different from what we sent
             if c.decision == OPTED_OUT and _newer(event.at, c.at):
                 row.action = "conflict"
@@ -355,8 +358,8 @@ def diff_consent(store: StateStore, profile: Profile, *, run_id: int, mapping: M
     return ConsentDiff(rows, dict(sorted(counts.items())), counts.get("conflict", 0))
 
 
-def _company_status(c: KcContact, kc: list[KcContact], by_email, unsubscribed, read_back, write_status: int | None,
-                    mapping: Mapping) -> int | None:
+def _company_status(c: KcContact, kc: dict[str, list[KcContact]], by_email, unsubscribed, read_back,
+                    write_status: int | None, mapping: Mapping) -> int | None:
     """The site's "do not mail" status, when the company's is not an opt-out already, is one the
     mapping knows, and no contact of it with an email stays opted in after the write-back."""
     status = c.company.mailing_status
@@ -364,8 +367,8 @@ def _company_status(c: KcContact, kc: list[KcContact], by_email, unsubscribed, r
         return None
     if status is not None and mapping.consent.mailing_status.get(status) in (None, "opt_out"):
         return None  # unknown to the mapping, or already an opt-out (gone away, deceased): left alone
-    for other in kc:
-        if other.company_id != c.company_id or not other.email or other.contact_id == c.contact_id:
+    for other in kc.get(c.company_id, []):
+        if not other.email or other.contact_id == c.contact_id:
             continue
         theirs = [e for e in (read_back.get(other.contact_id), unsubscribed.get(other.email)) if e]
         if not any(e.optin == OPTED_OUT for e in theirs) and other.decision != OPTED_OUT:
@@ -378,8 +381,8 @@ def _record(store: StateStore, run_id: int, rows: list[ConsentRow], owners: dict
     keep: set[tuple[str, int]] = set()
     with store.transaction() as conn:
         for r in rows:
-            if r.action == "opt_out_in_kc" and r.contact_id and r.event_id is not None:
-                company = next(k for k in [r.company_id] if k)
+            if r.action == "opt_out_in_kc" and r.contact_id and r.company_id and r.event_id is not None:
+                company = r.company_id
                 urn = conn.execute("SELECT json_extract(parsed, '$.company_code') FROM staged_record WHERE "
                                    "entity = 'company' AND key = ? AND current = 1", (company,)).fetchone()[0]
                 cstore.plan_change(conn, contact_id=r.contact_id, company_id=company, urn=urn, email=r.email,
@@ -488,9 +491,15 @@ def _send(store: StateStore, kc: CompanyImporter, urns: list[str], document: str
         batch_id = cstore.journal_batch(conn, document, urns, change_ids, utcnow())
     try:
         answer = kc.import_company(document)
-    except KhaosyncError as exc:
-        with store.transaction() as conn:
-            cstore.fail_batch(conn, batch_id, str(exc), utcnow())
+    except SoapFaultError as exc:
+        if not exc.transient:
+            # A client fault: KC refused the document, nothing applied. Planned again by the next diff.
+            with store.transaction() as conn:
+                cstore.fail_batch(conn, batch_id, str(exc), utcnow(), state="failed")
+        raise  # a server fault may have applied part of it: the batch stays journaled, like no answer
+    except KhaosyncError:
+        # No answer (timeout, connection, a 5xx after retries): the import may have landed. The batch
+        # stays journaled, so the next push asks KC before sending anything again.
         raise
     result.imports += 1
     with store.transaction() as conn:

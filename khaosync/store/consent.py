@@ -214,9 +214,10 @@ def answer_batch(conn: sqlite3.Connection, batch_id: int, confirmed: list[str], 
     return done, failed
 
 
-def fail_batch(conn: sqlite3.Connection, batch_id: int, error: str, now: str) -> None:
-    """No usable answer: the batch failed and its changes are planned again."""
+def fail_batch(conn: sqlite3.Connection, batch_id: int, error: str, now: str, *, state: str = "planned") -> None:
+    """The batch was not applied: its changes are ``planned`` again (sent by this push) or
+    ``failed`` (KC refused them: planned again by the next diff)."""
     conn.execute("UPDATE consent_batch SET state = 'failed', error = ?, answered_at = ? WHERE id = ?",
                  (error, now, batch_id))
-    conn.execute("UPDATE consent_change SET state = 'planned', error = ? WHERE batch_id = ? AND state = 'journaled'",
-                 (error, batch_id))
+    conn.execute("UPDATE consent_change SET state = ?, error = ? WHERE batch_id = ? AND state = 'journaled'",
+                 (state, error, batch_id))

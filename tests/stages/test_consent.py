@@ -207,3 +207,39 @@ def test_map_never_sends_a_kc_opt_in_over_a_newer_ometria_opt_out(tmp_path, sand
         map_records(store, profile, entities=["contacts"])
         body = mapped_contact(store, planted["contact_id"])
     assert "marketing_optin" not in body and "timestamp_subscribed" not in body
+
+
+class FailingKhaos(CountingKhaos):
+    def __init__(self, client, error):
+        super().__init__(client)
+        self.error = error
+
+    def import_company(self, companies_xml: str):
+        raise self.error
+
+
+def test_kc_refusing_the_document_fails_it_and_no_answer_leaves_it_to_be_checked(tmp_path, sandbox):
+    from khaosync.errors import EXIT_EXTERNAL
+    from khaosync.khaos.errors import KhaosTimeoutError, SoapFaultError
+
+    profile, connections = pulled(tmp_path, sandbox)
+    with open_store(profile.state) as store:
+        run_id = store.start_run("consent", profile.name)
+        read_ometria_consent(store, profile, connections.ometria_client(), run_id=run_id)
+        planned = diff_consent(store, profile, run_id=run_id).planned
+        refusal = SoapFaultError("soap:Client", "ImportCompany: bad document", "ImportCompany")
+        with pytest.raises(SoapFaultError) as raised:
+            push_consent(store, profile, FailingKhaos(connections.khaos_client(), refusal), commit=True)
+        assert raised.value.exit_code == EXIT_EXTERNAL
+        assert store.conn.execute("SELECT state FROM consent_batch").fetchall() == [("failed",)]
+        assert store.conn.execute("SELECT DISTINCT state FROM consent_change").fetchall() == [("failed",)]
+        assert diff_consent(store, profile, run_id=run_id).planned == planned  # planned again
+        with pytest.raises(KhaosTimeoutError):
+            push_consent(store, profile, FailingKhaos(connections.khaos_client(),
+                                                      KhaosTimeoutError("no answer", method="ImportCompany")),
+                         commit=True)
+        assert store.conn.execute("SELECT state FROM consent_batch ORDER BY id").fetchall() == [
+            ("failed",), ("journaled",)]
+        kc = CountingKhaos(connections.khaos_client())
+        result = push_consent(store, profile, kc, commit=True)
+    assert (result.resent, result.done, kc.imports) == (1, planned, 1)  # not applied: checked, then sent once
