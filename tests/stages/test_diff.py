@@ -247,7 +247,7 @@ def test_pull_map_diff_push_then_live_drift(planted, tmp_path):
         assert ours[line_id].fields[f"lineitems[{len(lines) - 1}]"].before is MISSING
         contacts = diff_records(store, profile, "contacts", live_client=client(profile, emu))
         assert {r.key: list(r.fields) for r in contacts.records} == {
-            k: ["marketing_optin"] for k in unsubscribed | {consent_id}}
+            consent_id: ["marketing_optin"], **{k: ["marketing_optin", "timestamp_subscribed"] for k in unsubscribed}}
         flipped = next(r for r in contacts.records if r.key == consent_id).fields["marketing_optin"]
         assert (flipped.before, flipped.after) == ("EXPLICITLY_OPTEDOUT", "EXPLICITLY_OPTEDIN")
         # the plan from a live diff sends exactly the drifted records back
