@@ -11,7 +11,7 @@ from khaosync.errors import EXIT_FINDINGS
 consent_app = typer.Typer(help="Consent back-flow: Ometria's unsubscribes written to Khaos Control.",
                           no_args_is_help=True)
 
-ACTIONS = ("opt_out_in_kc", "conflict", "no_kc_match", "written", "kc_wins", "agree")
+ACTIONS = ("opt_out_in_kc", "conflict", "no_kc_match", "erased", "written", "kc_wins", "agree")
 
 
 def _when(text: str | None) -> str:

@@ -92,6 +92,7 @@ class ReadResult:
     new_unsubscribes: int = 0    # ... not kept before
     contacts_read: int = 0
     contact_changes: int = 0     # read-back marketing_optin different from what we sent, new
+    erased: int = 0              # contacts found erased by Ometria (GDPR), new
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -121,11 +122,32 @@ def read_ometria_consent(store: StateStore, profile: Profile, reader: ConsentRea
         staging.set_bookmark(conn, BOOKMARK, _iso(now), run_id, read_at)
     if read_contacts:
         collection = _mapping(profile, mapping).identity.collection
+        seen: set[str] = set()
         with store.transaction() as conn:
             for contact in reader.iter_contacts(collection):
                 result.contacts_read += 1
                 result.contact_changes += _contact_event(conn, contact, run_id, read_at)
+                if isinstance(contact.get("id"), str):
+                    seen.add(contact["id"])
+                    if _anonymised(conn, contact):
+                        result.erased += cstore.add_erased(conn, contact["id"], "read back with its email and "
+                                                           "names gone (anonymised)", run_id, read_at)
+            # Only after a whole read: Ometria deletes people only by GDPR anonymisation, so a
+            # contact it once held as we sent it (verified) and no longer lists was erased.
+            for (id_, verified) in conn.execute("SELECT id, verified_at FROM ledger WHERE type = 'contact' AND "
+                                                "verified_at IS NOT NULL").fetchall():
+                if id_ not in seen:
+                    result.erased += cstore.add_erased(conn, id_, f"verified in Ometria at {verified}, no longer in "
+                                                       f"collection {collection!r}", run_id, read_at)
     return result
+
+
+def _anonymised(conn, contact: dict) -> bool:
+    """(assumed, verify on site) an erased contact keeps its id and loses email and names."""
+    if any(contact.get(k) for k in ("email", "firstname", "lastname")):
+        return False
+    row = conn.execute("SELECT body FROM ledger WHERE type = 'contact' AND id = ?", (contact["id"],)).fetchone()
+    return row is not None and bool(wire.loads(bytes(row[0])).get("email"))
 
 
 def _contact_event(conn, contact: dict, run_id: int, read_at: str) -> int:
@@ -258,6 +280,13 @@ class MapConsent:
         self.conn = store.conn
         self.mapping = mapping
         self.by_email, self.by_contact = cstore.latest_opt_outs(store.conn)
+        self.erased = cstore.erased(store.conn)
+
+    def hold_erased(self, outcomes: list) -> None:
+        """A contact Ometria erased (GDPR) is held: no push re-creates the person."""
+        for outcome in outcomes:
+            if outcome.id in self.erased:
+                outcome.held_because(f"erased by Ometria (GDPR anonymisation): {self.erased[outcome.id]}")
 
     def times(self, company: Company) -> dict[int, ConsentTimes]:
         seen = seen_times(self.conn, company)
@@ -345,6 +374,11 @@ def diff_consent(store: StateStore, profile: Profile, *, run_id: int, mapping: M
                 row.note = "Ometria's opt-in is newer than KC's opt-out; opt-ins are never written to KC"
             elif c.decision == OPTED_OUT:
                 row.action, row.note = "kc_wins", "KC's newer opt-out: the next push sends it"
+    for contact_id, evidence in sorted(cstore.erased(store.conn).items()):
+        c = next((k for k in kc if k.contact_id == contact_id), None)
+        rows.append(ConsentRow(contact_id, c.company_id if c else None, "", c.decision if c else None,
+                               c.at if c else None, c.why if c else None, "erased", "", "contact:erased", "erased",
+                               f"erased by Ometria (GDPR): {evidence}; never sent again"))
     known = {c.email for c in kc if c.email}
     for email, event in sorted(unsubscribed.items()):
         if email not in known:

@@ -250,6 +250,7 @@ class _MapRun:
             result.staged += 1
             made, company_findings = map_company(company, staged.version, self.mapping, self.shared,
                                                  self.consent.times(company))
+            self.consent.hold_erased(made)
             result.not_sent += len(company.contacts) - len(made)
             outcomes += made
             findings += company_findings

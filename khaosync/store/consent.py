@@ -69,6 +69,16 @@ def latest_opt_outs(conn: sqlite3.Connection) -> tuple[dict[str, str], dict[str,
     return by_email, by_contact
 
 
+def add_erased(conn: sqlite3.Connection, contact_id: str, evidence: str, run_id: int | None, now: str) -> bool:
+    cur = conn.execute("INSERT OR IGNORE INTO consent_erased(contact_id, evidence, run_id, detected_at)"
+                       " VALUES (?,?,?,?)", (contact_id, evidence, run_id, now))
+    return cur.rowcount == 1
+
+
+def erased(conn: sqlite3.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT contact_id, evidence FROM consent_erased"))
+
+
 # -- KC consent first-seen times -------------------------------------------------------------
 def _since_of(conn: sqlite3.Connection, entity: str, key: str, company_key: str, value: str,
               after_version: int, undated: str | None) -> str | None:

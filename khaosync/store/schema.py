@@ -230,6 +230,15 @@ MIGRATIONS: list[tuple[str, str]] = [
             UNIQUE (contact_id, event_id)
         );
         CREATE INDEX consent_change_state ON consent_change(state);
+
+        -- Contacts Ometria has erased (GDPR anonymisation): never sent again, so no push re-creates
+        -- them. No personal data here: the contact id and what showed the erasure.
+        CREATE TABLE consent_erased (
+            contact_id  TEXT PRIMARY KEY,
+            evidence    TEXT NOT NULL,
+            run_id      INTEGER REFERENCES run(id),
+            detected_at TEXT NOT NULL
+        );
         """,
     ),
 ]

@@ -243,3 +243,44 @@ def test_kc_refusing_the_document_fails_it_and_no_answer_leaves_it_to_be_checked
         kc = CountingKhaos(connections.khaos_client())
         result = push_consent(store, profile, kc, commit=True)
     assert (result.resent, result.done, kc.imports) == (1, planned, 1)  # not applied: checked, then sent once
+
+
+def test_a_contact_ometria_erased_is_recorded_and_never_sent_again(tmp_path, sandbox):
+    import sqlite3
+
+    from khaosync.stages.map import map_records
+    from khaosync.stages.sync import sync
+    from khaosync.store.outbound import iter_records
+
+    profile = profile_of(tmp_path, sandbox)
+    connections = Connections(profile)
+    source = SoapSource(connections.khaos_client(), profile, FileSource(sandbox / "exports"))
+    with open_store(profile.state) as store:
+        sync(store, profile, source, connections.ometria_client(), since=None, entities=["contacts"], commit=True,
+             verify="all")
+        erased_id, anonymised_id = [i for (i,) in store.conn.execute(
+            "SELECT id FROM ledger WHERE type = 'contact' AND verified_at IS NOT NULL AND "
+            "json_extract(CAST(body AS TEXT), '$.email') IS NOT NULL ORDER BY id LIMIT 2")]
+    emu = OmetriaEmulator(sandbox / "ometria.db", KEY)
+    emu.process_queue()
+    emu.close()
+    db = sqlite3.connect(sandbox / "ometria.db")  # GDPR anonymisation, as Ometria does it (no API for it)
+    db.execute("DELETE FROM record WHERE type = 'contact' AND id = ?", (erased_id,))
+    db.execute("UPDATE record SET doc = json_remove(doc, '$.email', '$.firstname', '$.lastname'), email = NULL "
+               "WHERE type = 'contact' AND id = ?", (anonymised_id,))
+    db.commit()
+    db.close()
+    with open_store(profile.state) as store:
+        run_id = store.start_run("consent", profile.name)
+        read = read_ometria_consent(store, profile, connections.ometria_client(), run_id=run_id)
+        assert read.erased == 2
+        again = read_ometria_consent(store, profile, connections.ometria_client(), run_id=run_id)
+        assert again.erased == 0  # recorded once
+        rows = {r.contact_id: r for r in diff_consent(store, profile, run_id=run_id).rows if r.action == "erased"}
+        assert set(rows) == {erased_id, anonymised_id}
+        map_records(store, profile, entities=["contacts"])
+        held = {r.id: r for r in iter_records(store.conn, "contact", state="held")}
+        assert {erased_id, anonymised_id} <= set(held)
+        assert "erased by Ometria (GDPR" in held[erased_id].hold_reason
+        ready = {r.id for r in iter_records(store.conn, "contact", state="ready")}
+    assert erased_id not in ready and anonymised_id not in ready
