@@ -192,6 +192,8 @@ def map_contact(company: Company, contact: KcContact, version: int, mapping: Map
         optin = None  # never copy a KC opt-in over a newer Ometria opt-out (the consent flow writes it to KC)
     # The time the decision was first seen, never "now" (Ometria's default when none is sent).
     stamp = (times.kc_at or times.undated_at) if optin is not None else None
+    if optin == MarketingOptin.OPTED_OUT and out_at is not None and (stamp is None or out_at < stamp):
+        stamp = out_at  # KC's opt-out came from Ometria's (the consent flow wrote it): dated when the person said no
     email = shared.email_for(contact.contact_id, contact.email)
     raw_email = contact.email.strip()
     if raw_email and email_key(raw_email) is None:

@@ -576,6 +576,14 @@ def consent_flow(store: StateStore, profile: Profile, reader: ConsentReader, kc:
                  owners: dict[str, str] | None = None) -> ConsentRun:
     """Read, diff and (with ``commit``) push: one more stage of ``sync``."""
     read = read_ometria_consent(store, profile, reader, run_id=run_id, mapping=mapping)
+    return consent_after_read(store, profile, read, kc, run_id=run_id, commit=commit, mapping=mapping,
+                              owners=owners)
+
+
+def consent_after_read(store: StateStore, profile: Profile, read: ReadResult, kc: CompanyImporter | None, *,
+                       run_id: int, commit: bool, mapping: Mapping | None = None,
+                       owners: dict[str, str] | None = None) -> ConsentRun:
+    """Diff and (with ``commit``) push, once Ometria's changes are read."""
     diff = diff_consent(store, profile, run_id=run_id, mapping=mapping, owners=owners)
     diff.read = read
     pushed = push_consent(store, profile, kc, commit=commit, run_id=run_id, owners=owners)

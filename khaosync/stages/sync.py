@@ -94,8 +94,9 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
          progress=None, consent_reader=None, consent_kc=None) -> SyncResult:
     """Pull orders and credit notes changed since ``since`` (None: from the bookmarks) with the
     customers and stock they need, map, diff and push them. With ``consent_reader`` (an Ometria
-    client) the consent flow runs last: read, diff, and with ``commit`` write opt-outs to KC
-    through ``consent_kc``."""
+    client) the consent flow runs too: Ometria's changes are read before map (so no KC opt-in
+    goes over a newer Ometria opt-out), planned last, and with ``commit`` written to KC through
+    ``consent_kc``."""
     chosen = [e for e in ORDER if e in (entities or ORDER)]
     unknown = sorted(set(entities or ()) - set(ORDER))
     if unknown:
@@ -116,6 +117,11 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
                 pulled.exceptions.update(more.exceptions)
                 pulled.fail_findings += more.fail_findings
         assert pulled is not None
+        if consent_reader is not None:
+            from khaosync.stages.consent import read_ometria_consent
+
+            # Before map: a KC opt-in is never sent over a newer Ometria opt-out.
+            consent_read = read_ometria_consent(store, profile, consent_reader, run_id=run_id)
         mapped = map_records(store, profile, entities=chosen, progress=progress, run_id=run_id)
         diffs = diff_all(store, profile, chosen, run_id=run_id)
         plan_id = _merge_plans(store, run_id, diffs)
@@ -123,10 +129,10 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
                            progress=progress)
         consent = None
         if consent_reader is not None:
-            from khaosync.stages.consent import consent_flow
+            from khaosync.stages.consent import consent_after_read
 
-            consent = consent_flow(store, profile, consent_reader, consent_kc if commit else None, run_id=run_id,
-                                   commit=commit)
+            consent = consent_after_read(store, profile, consent_read, consent_kc if commit else None,
+                                         run_id=run_id, commit=commit)
         found = dict(store.conn.execute(
             "SELECT type, count(*) FROM exception WHERE first_run >= ? GROUP BY type ORDER BY type", (run_id,)))
         result = SyncResult(profile.is_sandbox, commit, run_id, pulled, mapped, diffs, plan_id, pushed, found, consent)
