@@ -27,8 +27,6 @@ Three steps, each a function over the store (docs/runbook.md, "The consent flow"
 
 from __future__ import annotations
 
-import json
-import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -50,7 +48,6 @@ from khaosync.store import StateStore, staging
 from khaosync.store import consent as cstore
 from khaosync.store.db import utcnow
 
-log = logging.getLogger(__name__)
 
 STAGE = "consent"
 BOOKMARK = "ometria:unsubscribes"
@@ -242,12 +239,16 @@ def _observe(conn, staged) -> dict[tuple[str, str], str | None]:
     return cstore.observe_kc_consent(conn, staged.key, staged.version, staged.parsed, None)
 
 
-def record_kc_consent(store: StateStore) -> None:
-    """Note, for every staged company, each KC consent value that changed since last seen."""
+def record_kc_consent(store: StateStore) -> int:
+    """Note each KC consent value that changed since last seen, for the companies pulled since
+    the last look (the others cannot have changed); how many companies were looked at."""
     with store.transaction() as conn:
-        for staged in staging.iter_current(conn, "company"):
-            if staged.parsed is not None:
+        keys = cstore.companies_to_observe(conn)
+        for key in keys:
+            staged = staging.current(conn, "company", key)
+            if staged is not None and staged.parsed is not None:
                 _observe(conn, staged)
+    return len(keys)
 
 
 def decision_of(company: Company, contact, mapping: Mapping,
@@ -588,10 +589,6 @@ def consent_after_read(store: StateStore, profile: Profile, read: ReadResult, kc
     diff.read = read
     pushed = push_consent(store, profile, kc, commit=commit, run_id=run_id, owners=owners)
     return ConsentRun(read, diff, pushed)
-
-
-def rows_json(rows: list[ConsentRow]) -> str:
-    return json.dumps([r.as_dict() for r in rows], sort_keys=True)
 
 
 def run_consent_diff(store: StateStore, profile: Profile, reader: ConsentReader, *,

@@ -107,6 +107,14 @@ def _value_in(parsed: dict, entity: str, key: str) -> str:
     return json.dumps(None)
 
 
+def companies_to_observe(conn: sqlite3.Connection) -> list[str]:
+    """Current companies whose staged version has not been looked at for consent yet."""
+    return [k for (k,) in conn.execute(
+        "SELECT s.key FROM staged_record s LEFT JOIN kc_consent_seen k ON k.entity = 'company' AND k.key = s.key"
+        " WHERE s.entity = 'company' AND s.current = 1 AND s.parsed IS NOT NULL"
+        " AND (k.version IS NULL OR k.version != s.version)")]
+
+
 def observe_kc_consent(conn: sqlite3.Connection, company_key: str, version: int, parsed: dict,
                        undated: str | None) -> dict[tuple[str, str], str | None]:
     """Record any KC consent value of this company that changed since last seen; returns
@@ -120,6 +128,9 @@ def observe_kc_consent(conn: sqlite3.Connection, company_key: str, version: int,
                            (entity, key)).fetchone()
         if row is not None and row[0] == value:
             out[(entity, key)] = row[1]
+            if entity == "company" and row[2] != version:  # the company row marks the version looked at
+                conn.execute("UPDATE kc_consent_seen SET version = ? WHERE entity = 'company' AND key = ?",
+                             (version, key))
             continue
         since = _since_of(conn, entity, key, company_key, value, row[2] if row else 0, undated if row is None else None)
         if row is not None and since is None:  # a change seen in the very first version: cannot be; be safe
