@@ -53,6 +53,7 @@ STAGE = "consent"
 BOOKMARK = "ometria:unsubscribes"
 REREAD = timedelta(hours=24)  # Ometria may list an unsubscribe some time after it happened (assumed)
 COMPANIES_PER_IMPORT = 50
+FIRST_READ = datetime(2000, 1, 1, tzinfo=timezone.utc)
 OPTED_IN, OPTED_OUT = "EXPLICITLY_OPTEDIN", "EXPLICITLY_OPTEDOUT"
 UNCONFIRMED = "KC did not confirm this URN in its TCustomerImportResult; planned again by the next diff"
 
@@ -104,7 +105,7 @@ def read_ometria_consent(store: StateStore, profile: Profile, reader: ConsentRea
     if mark is not None:
         since = datetime.fromisoformat(mark.replace("Z", "+00:00")) - REREAD
     else:
-        since = datetime.combine(profile.pull.history_start, datetime.min.time(), tzinfo=timezone.utc)
+        since = FIRST_READ  # Ometria keeps unsubscribes for the account's life: all of them, once
     rows = reader.unsubscribes(since, before=now)
     result = ReadResult(_iso(since), _iso(now), unsubscribes=len(rows))
     read_at = utcnow()
