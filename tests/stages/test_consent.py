@@ -166,11 +166,15 @@ def test_a_kc_consent_change_is_sent_with_the_time_khaosync_first_saw_it_never_n
     with open_store(profile.state) as store:
         map_records(store, profile, entities=["contacts"])
         first = mapped_contact(store, contact_id)
-        # there since the first pull: dated by KC's own last change of the company, not by our pull
+        # there since the first pull: dated by KC's own last change of the company (else its
+        # creation, where the site exports no LAST_UPDATED), not by our pull
         assert first["marketing_optin"] == "EXPLICITLY_OPTEDIN"
         assert first["timestamp_subscribed"] == store.conn.execute(
-            "SELECT json_extract(parsed, '$.last_updated') FROM staged_record WHERE entity = 'company' AND key = ?"
-            " AND current = 1", (str(company["company_id"]),)).fetchone()[0]
+            "SELECT coalesce(json_extract(parsed, '$.last_updated'), json_extract(parsed, '$.date_created')) "
+            "FROM staged_record WHERE entity = 'company' AND key = ? AND current = 1",
+            (str(company["company_id"]),)).fetchone()[0]
+        assert first["timestamp_subscribed"] < store.conn.execute(
+            "SELECT min(seen_at) FROM staged_record WHERE entity = 'company'").fetchone()[0]  # before our pull
         world = World(sandbox, create=False)
         company["contacts"][0]["email_subscribe"] = False
         company["updated"] = "2026-12-01T09:00:00"
