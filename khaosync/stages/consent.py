@@ -516,13 +516,24 @@ def push_consent(store: StateStore, profile: Profile, kc: CompanyImporter | None
     assert kc is not None
     for start in range(0, len(elements), COMPANIES_PER_IMPORT):
         chunk = elements[start:start + COMPANIES_PER_IMPORT]
-        _send(store, kc, [u for u, _, _ in chunk], doc.document([e for _, e, _ in chunk]),
-              [c.id for _, _, cs in chunk for c in cs], result)
+        confirmed = _send(store, kc, [u for u, _, _ in chunk], doc.document([e for _, e, _ in chunk]),
+                          [c.id for _, _, cs in chunk for c in cs], result)
+        for urn, _element, changes in chunk:
+            if urn not in confirmed and run_id is not None:
+                store.record_exception(
+                    run_id=run_id, type="consent_gap", severity=severity_of("consent_gap"),
+                    owner=owner_of("consent_gap", owners), stage=STAGE, entity="company",
+                    record_key=changes[0].company_id,
+                    reason=f"company {changes[0].company_id} (URN {urn}): KC did not confirm the ImportCompany "
+                           "of its contacts' opt-out; planned again by the next consent diff",
+                    records=[f"company:{changes[0].company_id}"] + [f"contact:{c.contact_id}" for c in changes],
+                    detail={"urn": urn, "contacts": [c.contact_id for c in changes]})
     return result
 
 
 def _send(store: StateStore, kc: CompanyImporter, urns: list[str], document: str, change_ids: list[int],
-          result: ConsentPushResult) -> None:
+          result: ConsentPushResult) -> set[str]:
+    """One journaled ImportCompany; the URNs KC confirmed."""
     with store.transaction() as conn:
         batch_id = cstore.journal_batch(conn, document, urns, change_ids, utcnow())
     try:
@@ -538,11 +549,12 @@ def _send(store: StateStore, kc: CompanyImporter, urns: list[str], document: str
         # stays journaled, so the next push asks KC before sending anything again.
         raise
     result.imports += 1
+    confirmed = _confirmed_urns(answer)
     with store.transaction() as conn:
-        done, failed = cstore.answer_batch(conn, batch_id, _confirmed_urns(answer), utcnow(),
-                                           unconfirmed_error=UNCONFIRMED)
+        done, failed = cstore.answer_batch(conn, batch_id, confirmed, utcnow(), unconfirmed_error=UNCONFIRMED)
     result.done += done
     result.failed += failed
+    return set(confirmed)
 
 
 def _resume(store: StateStore, kc: CompanyImporter, result: ConsentPushResult) -> None:

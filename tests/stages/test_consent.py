@@ -290,3 +290,25 @@ def test_a_contact_ometria_erased_is_recorded_and_never_sent_again(tmp_path, san
         assert "erased by Ometria (GDPR" in held[erased_id].hold_reason
         ready = {r.id for r in iter_records(store.conn, "contact", state="ready")}
     assert erased_id not in ready and anonymised_id not in ready
+
+
+class ForgetfulKhaos(CountingKhaos):
+    """KC imports, but its TCustomerImportResult lists no URN."""
+
+    def import_company(self, companies_xml: str):
+        super().import_company(companies_xml)
+        return []
+
+
+def test_an_unconfirmed_urn_is_failed_recorded_for_crm_and_planned_again(tmp_path, sandbox):
+    profile, connections = pulled(tmp_path, sandbox)
+    with open_store(profile.state) as store:
+        run_id = store.start_run("consent", profile.name)
+        read_ometria_consent(store, profile, connections.ometria_client(), run_id=run_id)
+        planned = diff_consent(store, profile, run_id=run_id).planned
+        result = push_consent(store, profile, ForgetfulKhaos(connections.khaos_client()), commit=True, run_id=run_id)
+        assert (result.done, result.failed) == (0, planned)
+        found = [e for e in store.exceptions(open_only=True) if e.stage == "consent"]
+        assert [(e.type, e.owner, e.entity) for e in found] == [("consent_gap", "crm", "company")] * planned
+        assert "KC did not confirm" in found[0].reason
+        assert diff_consent(store, profile, run_id=store.start_run("consent", profile.name)).planned == planned
