@@ -167,18 +167,15 @@ def _contact_event(conn, contact: dict, run_id: int, read_at: str) -> int:
 
 
 # -- 2. diff -----------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True, slots=True)
 class KcContact:
     contact_id: str
-    company: Company
+    company_id: str
+    mailing_status: int | None  # the company's
     email: str          # compared form ('' when none or not one Ometria accepts)
     decision: str | None
     at: str | None      # when khaosync first saw the value behind the decision (None: undated)
     why: str            # which KC field decided
-
-    @property
-    def company_id(self) -> str:
-        return self.company.key
 
 
 @dataclass
@@ -306,17 +303,25 @@ def _dt(text: str | None) -> datetime | None:
     return None if not text else datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _kc_contacts(store: StateStore, mapping: Mapping) -> list[KcContact]:
+def _kc_contacts(store: StateStore, mapping: Mapping, emails: set[str], ids: set[str]) -> list[KcContact]:
+    """The contacts of every company one of whose contacts an Ometria change names (by contact
+    id or email): the rules need no others, so memory follows the changes, not the customer
+    base. Every company's consent values are looked at on the way (first-seen times)."""
     out: list[KcContact] = []
     with store.transaction() as conn:
         for staged in staging.iter_current(conn, "company"):
             if staged.parsed is None:
                 continue
-            company = Company.model_validate(staged.parsed)
             times = _observe(conn, staged)
+            contacts = staged.parsed.get("contacts") or []
+            if not any(str(c.get("contact_id")) in ids or (email_key(c.get("email")) or "") in emails
+                       for c in contacts):
+                continue
+            company = Company.model_validate(staged.parsed)
             for c in company.contacts:
                 decision, at, why = decision_of(company, c, mapping, times)
-                out.append(KcContact(str(c.contact_id), company, email_key(c.email) or "", decision, at, why))
+                out.append(KcContact(str(c.contact_id), company.key, company.mailing_status, email_key(c.email) or "",
+                                     decision, at, why))
     return out
 
 
@@ -334,14 +339,16 @@ def diff_consent(store: StateStore, profile: Profile, *, run_id: int, mapping: M
     """Plan the opt-outs KC must get, by the rules above; record the conflicts."""
     mapping = _mapping(profile, mapping)
     owners = {**dict(mapping.owners), **(owners or {})}
-    kc = _kc_contacts(store, mapping)
+    unsubscribed, read_back = cstore.latest_events(store.conn)
+    erased = cstore.erased(store.conn)
+    kc = _kc_contacts(store, mapping, set(unsubscribed), set(read_back) | set(erased))
+    by_id = {c.contact_id: c for c in kc}
     by_email: dict[str, list[KcContact]] = defaultdict(list)
     by_company: dict[str, list[KcContact]] = defaultdict(list)
     for c in kc:
         by_company[c.company_id].append(c)
         if c.email:
             by_email[c.email].append(c)
-    unsubscribed, read_back = cstore.latest_events(store.conn)
     states = cstore.change_states(store.conn)
     write_status = mapping.consent.write_back_status()
     rows: list[ConsentRow] = []
@@ -376,8 +383,8 @@ def diff_consent(store: StateStore, profile: Profile, *, run_id: int, mapping: M
                 row.note = "Ometria's opt-in is newer than KC's opt-out; opt-ins are never written to KC"
             elif c.decision == OPTED_OUT:
                 row.action, row.note = "kc_wins", "KC's newer opt-out: the next push sends it"
-    for contact_id, evidence in sorted(cstore.erased(store.conn).items()):
-        c = next((k for k in kc if k.contact_id == contact_id), None)
+    for contact_id, evidence in sorted(erased.items()):
+        c = by_id.get(contact_id)
         rows.append(ConsentRow(contact_id, c.company_id if c else None, "", c.decision if c else None,
                                c.at if c else None, c.why if c else None, "erased", "", "contact:erased", "erased",
                                f"erased by Ometria (GDPR): {evidence}; never sent again"))
@@ -398,7 +405,7 @@ def _company_status(c: KcContact, kc: dict[str, list[KcContact]], by_email, unsu
                     write_status: int | None, mapping: Mapping) -> int | None:
     """The site's "do not mail" status, when the company's is not an opt-out already, is one the
     mapping knows, and no contact of it with an email stays opted in after the write-back."""
-    status = c.company.mailing_status
+    status = c.mailing_status
     if write_status is None or status == write_status:
         return None
     if status is not None and mapping.consent.mailing_status.get(status) in (None, "opt_out"):
