@@ -122,6 +122,10 @@ class OmetriaSettings(Strict):
     verify_delay_s: float = Field(default=0.0, ge=0, le=3600,
                                   description="wait before reading back: Ometria stores pushed records asynchronously")
     verify_sample: int = Field(default=20, ge=1, description="records read back per type after a push (--verify sample)")
+    # GET /unsubscribes documents no page size: an answer this long may be cut short, so its
+    # window is split (khaosync/ometria/unsubscribes.py); the budget bounds one read (verify on site).
+    unsubscribes_full_answer: int = Field(default=500, ge=2, description="an unsubscribes answer this long is split")
+    unsubscribes_max_requests: int = Field(default=500, ge=1, description="most requests one unsubscribes read makes")
 
     @field_validator("base_url")
     @classmethod

@@ -57,10 +57,11 @@ def root(
 
 def _register() -> None:
     # Imported here so each command group lives in its own module.
-    from khaosync.cli import commands, sandbox_cmd
+    from khaosync.cli import commands, consent_cmd, sandbox_cmd
 
     app.add_typer(sandbox_cmd.sandbox_app, name="sandbox")
     commands.register(app)
+    app.add_typer(consent_cmd.consent_app, name="consent")
 
 
 _register()

@@ -100,12 +100,14 @@ def register(app: typer.Typer) -> None:
         verify: str = typer.Option("sample", help="After pushing, read back: sample, all or none."),
         as_json: bool = typer.Option(False, "--json", help="The summary as JSON on stdout."),
     ) -> None:
-        """Chain pull, map, diff and push for scheduled runs, with one summary.
+        """Chain pull, map, diff and push, then the consent flow, for scheduled runs, with one summary.
 
         --since narrows the orders and credit notes read; the customers and stock they refer to
         always follow their own bookmarks (everything, on a first run), so no order is held back
         for want of its product. Without --commit it is a dry run of the same path: pull and map
-        store what they read, diff writes the plan, push only checks and summarises it.
+        store what they read, diff writes the plan, push only checks and summarises it. Last,
+        Ometria's opt-outs are read and planned for KC (consent diff), and written to KC with
+        --commit (consent push).
 
         Example: khaosync sync --since 2026-10-01 --commit
         """
@@ -124,14 +126,22 @@ def register(app: typer.Typer) -> None:
         start = _parse_since(since) if since else None
         source = _pull_source(c, "soap", None)
         client = Connections(c.profile).ometria_client() if commit else None
+        # The consent flow reads Ometria even on a dry run; it writes to KC only with --commit.
+        reader = client or Connections(c.profile).ometria_client()
         with c.open_store("sync --commit" if commit else "sync") as store:
             with c.terminal.progress("sync") as progress:
                 result = run_sync(store, c.profile, source, client, since=start, entities=entity or None,
-                                  commit=commit, verify=verify, progress=progress)
+                                  commit=commit, verify=verify, progress=progress, consent_reader=reader,
+                                  consent_kc=source.client if commit else None)
         if as_json:
             c.terminal.json(result.as_dict())
         else:
             c.terminal.data(sync_table(result))
+            if result.consent is not None:
+                consent = result.consent
+                c.terminal.info(f"consent: {consent.read.new_unsubscribes} new Ometria unsubscribes, "
+                                f"{consent.diff.planned} opt-outs for KC, {consent.diff.conflicts} conflicts"
+                                + (f", {consent.push.done} written to KC" if commit else ""))
             if not commit:
                 c.terminal.info(f"dry run: nothing was sent; to send plan {result.plan_id}: "
                                 f"khaosync push --plan {result.plan_id} --commit (or sync --commit)")

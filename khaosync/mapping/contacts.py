@@ -20,6 +20,7 @@ any contact of the group travels with the email to the one who keeps it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import pycountry
 from pydantic import ValidationError
@@ -180,8 +181,19 @@ def _none_if_blank(text: str) -> str | None:
     return text or None
 
 
+@dataclass(frozen=True, slots=True)
+class ConsentTimes:
+    """KC keeps no consent times: ``kc_at`` is when khaosync first saw the value behind the
+    contact's decision (``khaosync.stages.consent``); ``ometria_opt_out_at`` Ometria's newest
+    opt-out for the contact or its email, if any."""
+
+    kc_at: datetime | None = None
+    ometria_opt_out_at: datetime | None = None
+    undated_at: datetime | None = None  # for a value there since the first pull: KC's own last change of the company
+
+
 def map_contact(company: Company, contact: KcContact, version: int, mapping: Mapping,
-                shared: SharedEmails) -> Outcome | None:
+                shared: SharedEmails, times: ConsentTimes | None = None) -> Outcome | None:
     """One KC contact -> an Ometria contact (None: not sent, by the ``inactive: skip`` rule)."""
     rules = mapping.contacts
     if contact.inactive and rules.inactive == "skip":
@@ -192,6 +204,14 @@ def map_contact(company: Company, contact: KcContact, version: int, mapping: Map
     optin, _unknown = consent_for(company.mailing_status, contact.email_subscribe, mapping.consent)
     if contact.contact_id in shared.forced_opt_out:
         optin = MarketingOptin.OPTED_OUT
+    times = times or ConsentTimes()
+    out_at = times.ometria_opt_out_at
+    if optin == MarketingOptin.OPTED_IN and out_at is not None and (times.kc_at is None or out_at > times.kc_at):
+        optin = None  # never copy a KC opt-in over a newer Ometria opt-out (the consent flow writes it to KC)
+    # The time the decision was first seen, never "now" (Ometria's default when none is sent).
+    stamp = (times.kc_at or times.undated_at) if optin is not None else None
+    if optin == MarketingOptin.OPTED_OUT and out_at is not None and (stamp is None or out_at < stamp):
+        stamp = out_at  # KC's opt-out came from Ometria's (the consent flow wrote it): dated when the person said no
     email = shared.email_for(contact.contact_id, contact.email)
     raw_email = contact.email.strip()
     if raw_email and email_key(raw_email) is None:
@@ -220,6 +240,8 @@ def map_contact(company: Company, contact: KcContact, version: int, mapping: Map
             country_id=_country(company.addresses) if rules.country_from == "invoice_address" else None,
             timestamp_acquired=company.date_created,
             marketing_optin=optin,
+            timestamp_subscribed=stamp if optin == MarketingOptin.OPTED_IN else None,
+            timestamp_unsubscribed=stamp if optin == MarketingOptin.OPTED_OUT else None,
             properties=dict(sorted(properties.items())) or None,
         )
     except ValidationError as exc:
@@ -230,8 +252,8 @@ def map_contact(company: Company, contact: KcContact, version: int, mapping: Map
     return outcome
 
 
-def map_company(company: Company, version: int, mapping: Mapping,
-                shared: SharedEmails) -> tuple[list[Outcome], list[Finding]]:
+def map_company(company: Company, version: int, mapping: Mapping, shared: SharedEmails,
+                times: dict[int, ConsentTimes] | None = None) -> tuple[list[Outcome], list[Finding]]:
     """Every contact of a company, and the company-level findings (an unknown MAILING_STATUS)."""
     findings: list[Finding] = []
     status = company.mailing_status
@@ -242,7 +264,9 @@ def map_company(company: Company, version: int, mapping: Mapping,
             f"company {company.key}: MAILING_STATUS {status} is not in the mapping (consent.mailing_status lists "
             f"{listed}); consent is not sent for its contacts (an opt-out of their own still is)",
             (f"company:{company.key}",), "company", company.key, {"mailing_status": status}))
-    outcomes = [o for o in (map_contact(company, c, version, mapping, shared) for c in company.contacts) if o]
+    times = times or {}
+    outcomes = [o for o in (map_contact(company, c, version, mapping, shared, times.get(c.contact_id))
+                            for c in company.contacts) if o]
     return outcomes, findings
 
 

@@ -71,6 +71,21 @@ class Identity(_Section):
 # -- consent ----------------------------------------------------------------------------------
 
 
+VENDOR_DO_NOT_USE = 6  # KSDXMLCustomer.xml's default list: "6 - Do not use"
+
+
+class ConsentWriteBack(_Section):
+    """What ``consent push`` writes to KC for an Ometria opt-out: the contact's EMAILSUBSCRIBE 0
+    always; the company's MAILING_STATUS as below (it also stops post and other contacts)."""
+
+    opt_out_mailing_status: int | None = Field(
+        None, description="the site's 'do not mail' MAILING_STATUS id; null: 6 (the vendor's 'Do not use') "
+                          "when it is listed as opt_out, else the lowest id listed as opt_out")
+    company_status: Literal["when_every_contact_opted_out", "never"] = Field(
+        "when_every_contact_opted_out",
+        description="set it only when every contact of the company with an email is then opted out")
+
+
 class Consent(_Section):
     """KC's consent fields to ``marketing_optin``. Opt-out always wins; opt-in is never inferred."""
 
@@ -84,6 +99,25 @@ class Consent(_Section):
     email_subscribe_false: Decision = "opt_out"
     company_opt_in_covers_contacts: bool = Field(
         False, description="a company opt-in alone opts in contacts that hold no decision of their own")
+    write_back: ConsentWriteBack = Field(default_factory=ConsentWriteBack)
+
+    @model_validator(mode="after")
+    def _write_back_status_is_an_opt_out(self) -> "Consent":
+        status = self.write_back.opt_out_mailing_status
+        if status is not None and self.mailing_status.get(status) != "opt_out":
+            raise ValueError(f"consent.write_back.opt_out_mailing_status {status} must be listed as opt_out in "
+                             "consent.mailing_status")
+        return self
+
+    def write_back_status(self) -> int | None:
+        """The MAILING_STATUS consent push sets for a company, or None: never."""
+        if self.write_back.company_status == "never":
+            return None
+        if self.write_back.opt_out_mailing_status is not None:
+            return self.write_back.opt_out_mailing_status
+        if self.mailing_status.get(VENDOR_DO_NOT_USE) == "opt_out":
+            return VENDOR_DO_NOT_USE  # not 4 or 5, which still allow catalogues or order mail
+        return min((k for k, v in self.mailing_status.items() if v == "opt_out"), default=None)
 
 
 # -- contacts ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterator
@@ -51,6 +51,7 @@ from khaosync.ometria.errors import (
     OmetriaTimeoutError,
 )
 from khaosync.ometria.limiter import TokenBucket
+from khaosync.ometria.unsubscribes import read_windows
 from khaosync.ometria.wire import BATCH_LIMIT, RECORD_TYPES, batch_body, check_size
 
 log = logging.getLogger(__name__)
@@ -249,11 +250,17 @@ class OmetriaClient:
         return self._pages("/profiles", "GET /profiles", params)
 
     def unsubscribes(self, since: datetime, before: datetime | None = None) -> list[dict]:
-        """Unsubscribes made in Ometria (not those we pushed) from ``since`` until ``before``."""
-        params = {"since": _iso(since)}
-        if before is not None:
-            params["before"] = _iso(before)
-        return list(self._pages("/unsubscribes", "GET /unsubscribes", params))
+        """Unsubscribes made in Ometria (not those we pushed) from ``since`` until ``before``
+        (default: now), oldest first, each once: read by time windows in the documented form,
+        bounded by ``ometria.unsubscribes_max_requests`` (``khaosync.ometria.unsubscribes``)."""
+        until = before or datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=1)
+        read = read_windows(lambda params: self._get_json("/unsubscribes", "GET /unsubscribes", params),
+                            since, until, full_answer=self.settings.unsubscribes_full_answer,
+                            max_requests=self.settings.unsubscribes_max_requests)
+        if read.ignored_bounds:
+            log.warning("ometria GET /unsubscribes answered events outside the window asked for: the server "
+                        "ignores since/before (kept, once each)")
+        return read.rows
 
     def _get_one(self, path: str, what: str) -> dict | None:
         response, _ = self._request("GET", path, what, self.read_bucket, allow_404=True)

@@ -10,6 +10,12 @@ from khaosync.sandbox.server import OMETRIA_DB
 from khaosync.sandbox.world import World
 
 
+# The generator's words for where a person unsubscribed -> Ometria's documented types.
+_UNSUBSCRIBE_TYPE = {"Unsubscribed via email footer link": "link_unsubscribe",
+                     "Unsubscribed via preference centre": "preferences_centre",
+                     "Marked as spam": "list_unsubscribe"}
+
+
 def _load_ometria_side(folder: Path, api_key: str) -> None:
     """Copy what the generator planted on Ometria's side into the Ometria emulator's store."""
     from khaosync.sandbox.ometria_emulator import OmetriaEmulator
@@ -20,7 +26,8 @@ def _load_ometria_side(folder: Path, api_key: str) -> None:
         for type_, _id, doc in world.ometria_seeds():
             emulator.seed_record(type_, doc)
         for email, timestamp, reason in world.ometria_unsubscribes():
-            emulator.seed_unsubscribe(email, timestamp, reason)
+            # Ometria types each event by where it happened and often gives no reason.
+            emulator.seed_unsubscribe(email, timestamp, None, type=_UNSUBSCRIBE_TYPE.get(reason, "link_unsubscribe"))
     finally:
         world.close()
 

@@ -120,6 +120,7 @@ class OmetriaEmulator:
         blanks: str = BLANKS_KEPT,
         error_detail: bool = False,
         retry_after: bool = False,
+        unsubscribes_cap: int = 500,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -132,6 +133,7 @@ class OmetriaEmulator:
         self.api_key = api_key
         self.queue_limit = queue_limit
         self.processing_delay_s = processing_delay_s
+        self.unsubscribes_cap = unsubscribes_cap
         self.latency_ms = latency_ms
         self.clock = clock
         self.sleep = sleep
@@ -385,13 +387,25 @@ class OmetriaEmulator:
             return json_response(200, profile_doc(conn, row))
 
     def _list_unsubscribes(self, request: Request, counts: Counter[str]) -> Response:
-        """Reference: ``GET /unsubscribes?since=&before=&type=``; unsubscribes made through the
-        API are not listed (only those made in Ometria: ``seed_unsubscribe``)."""
-        params = request.params((*PAGING, "since", "before", "type"))
-        limit, offset = params.paging()
+        """Reference: ``GET /unsubscribes?since=&before=&type=``, ``since``/``before`` in UTC as
+        ``YYYY-MM-DDTHH:MM:SS`` (no zone), no ``limit``/``offset`` (so none is accepted);
+        answers ``[{email_address, profile_id, reason, timestamp, type}]`` with ``timestamp``
+        like ``2017-05-17 22:08:07+00`` and ``reason`` often null. Unsubscribes made through
+        the API are not listed (only those made in Ometria: ``seed_unsubscribe``).
+
+        *(sandbox rules)* ``since`` is inclusive and ``before`` exclusive (Ometria does not say:
+        khaosync's reader overlaps its windows and takes neither for granted); an answer holds
+        at most ``unsubscribes_cap`` rows, the earliest, and says nothing of the rest (Ometria
+        documents no limit, and no way to page: the reader must narrow its windows).
+        """
+        params = request.params(("since", "before", "type"))
+        since, before = unsubscribe_instant(params, "since"), unsubscribe_instant(params, "before")
+        kind = params.get("type")
+        if kind is not None and kind not in UNSUBSCRIBE_TYPES:
+            raise HttpError(400, f"Invalid parameter type: one of {', '.join(UNSUBSCRIBE_TYPES)}")
         with self.store.reading() as conn:
-            rows = store.list_unsubscribes(conn, since=params.instant("since"), before=params.instant("before"),
-                                           unsubscribe_type=params.get("type"), limit=limit, offset=offset)
+            rows = store.list_unsubscribes(conn, since=since, before=before, unsubscribe_type=kind,
+                                           limit=self.unsubscribes_cap)
         return json_response(200, rows)
 
     # -- the Python side: seeding, inspection, tampering ------------------------------------------
@@ -402,9 +416,13 @@ class OmetriaEmulator:
         with self.store.transaction() as conn:
             seed(conn, type, doc, store.utc_now())
 
-    def seed_unsubscribe(self, email: str, timestamp: str, reason: str, *, type: str = "unsubscribe") -> None:
-        """A profile that unsubscribed in Ometria (an email link, a complaint): it is opted out
-        and listed by ``GET /unsubscribes``. ``timestamp`` is ISO 8601 with a zone."""
+    def seed_unsubscribe(self, email: str, timestamp: str, reason: str | None = None, *,
+                         type: str = "link_unsubscribe") -> None:
+        """A profile that unsubscribed in Ometria (an email link, the preference centre): it is
+        opted out and listed by ``GET /unsubscribes``. ``timestamp`` is ISO 8601 with a zone;
+        ``type`` one of ``UNSUBSCRIBE_TYPES``. Seeding the same event again changes nothing."""
+        if type not in UNSUBSCRIBE_TYPES:
+            raise ValueError(f"unknown unsubscribe type {type!r} (one of {', '.join(UNSUBSCRIBE_TYPES)})")
         with self.store.transaction() as conn:
             profile_id = store.ensure_profile(conn, email, store.utc_now())
             store.set_profile_consent(conn, email, OPTED_OUT, timestamp)
@@ -467,6 +485,26 @@ def record_key(record: dict) -> tuple[str, Any]:
     """A record's identity in its type: (``@collection`` or "", ``id``)."""
     collection = record.get("@collection") if record["@type"] == "contact" else ""
     return (collection if isinstance(collection, str) else "", record.get("id"))
+
+# Reference: the email types, then the SMS stop-word types ("stopword_unsubscribe_TF" in an
+# automation campaign, "stopword_unsubscribe_DO" in a double opt-in message).
+UNSUBSCRIBE_TYPES = ("preferences_centre", "app", "list_unsubscribe", "link_unsubscribe",
+                     "stopword_unsubscribe_TF", "stopword_unsubscribe_DO")
+_UNSUBSCRIBE_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
+
+
+def unsubscribe_instant(params: Any, name: str) -> str | None:
+    """Reference: "time format YYYY-MM-DDTH:I:S in UTC": no zone, no fraction; anything else is
+    a 400 *(sandbox rule)*. Returned as the comparable UTC string ``to_utc`` writes."""
+    value = params.get(name)
+    if value is None:
+        return None
+    if not _UNSUBSCRIBE_INSTANT.match(value):
+        raise HttpError(400, f"Invalid parameter {name}: expected YYYY-MM-DDTHH:MM:SS in UTC, without a zone")
+    try:
+        return store.to_utc(value + "+00:00")
+    except ValueError:
+        raise HttpError(400, f"Invalid parameter {name}: not a date and time") from None
 
 
 def is_push(request: Request) -> bool:

@@ -62,11 +62,12 @@ CREATE TABLE IF NOT EXISTS unsubscribe (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     email     TEXT NOT NULL,
     profile   TEXT NOT NULL,
-    reason    TEXT NOT NULL,
+    reason    TEXT,            -- often null, as Ometria's own example
     timestamp TEXT NOT NULL,   -- as given
     at_utc    TEXT NOT NULL,   -- the same instant in UTC, for since/before
     type      TEXT NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS unsubscribe_event ON unsubscribe(email, at_utc, type);
 
 CREATE TABLE IF NOT EXISTS stat (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS forced_optin (seq INTEGER PRIMARY KEY AUTOINCREMENT, record_id TEXT NOT NULL);
@@ -349,16 +350,23 @@ def profile_rows(conn: sqlite3.Connection, *, where: str = "", args: tuple = (),
 
 
 # -- unsubscribes ----------------------------------------------------------------------------
-def add_unsubscribe(conn: sqlite3.Connection, email: str, profile_id: str, reason: str, timestamp: str,
+def add_unsubscribe(conn: sqlite3.Connection, email: str, profile_id: str, reason: str | None, timestamp: str,
                     unsubscribe_type: str) -> None:
+    """One unsubscribe event; the same (email, instant, type) again is the same event."""
     conn.execute(
-        "INSERT INTO unsubscribe(email, profile, reason, timestamp, at_utc, type) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO unsubscribe(email, profile, reason, timestamp, at_utc, type) VALUES (?, ?, ?, ?, ?, ?)",
         (email, profile_id, reason, timestamp, to_utc(timestamp), unsubscribe_type),
     )
 
 
+def unsubscribe_timestamp(at_utc: str) -> str:
+    """Reference: answers carry ``timestamp`` like ``2017-05-17 22:08:07+00``."""
+    return datetime.fromisoformat(at_utc.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S+00")
+
+
 def list_unsubscribes(conn: sqlite3.Connection, *, since: str | None, before: str | None, unsubscribe_type: str | None,
-                      limit: int, offset: int) -> list[dict]:
+                      limit: int) -> list[dict]:
+    """The earliest ``limit`` events in [since, before), oldest first."""
     where, args = "", []
     if since is not None:
         where += " AND at_utc >= ?"
@@ -370,10 +378,11 @@ def list_unsubscribes(conn: sqlite3.Connection, *, since: str | None, before: st
         where += " AND type = ?"
         args.append(unsubscribe_type)
     rows = conn.execute(
-        f"SELECT email, profile, reason, timestamp, type FROM unsubscribe WHERE 1 = 1 {where} ORDER BY seq LIMIT ? OFFSET ?",
-        (*args, limit, offset),
+        f"SELECT email, profile, reason, at_utc, type FROM unsubscribe WHERE 1 = 1 {where} ORDER BY at_utc, seq LIMIT ?",
+        (*args, limit),
     )
     return [
-        {"email_address": email, "profile_id": profile, "reason": reason, "timestamp": timestamp, "type": kind}
-        for email, profile, reason, timestamp, kind in rows
+        {"email_address": email, "profile_id": profile, "reason": reason, "timestamp": unsubscribe_timestamp(at),
+         "type": kind}
+        for email, profile, reason, at, kind in rows
     ]

@@ -230,6 +230,9 @@ class _MapRun:
             self.shared.add_group(key, members, self.mapping.contacts.shared_email)
 
     def contacts(self, result: EntityResult) -> None:
+        from khaosync.stages.consent import MapConsent  # consent times: KC keeps none (docs/runbook.md)
+
+        self.consent = MapConsent(self.store, self.mapping)
         total = staging.count_current(self.conn, "company")
         outcomes: list[Outcome] = []
         findings: list[Finding] = list(self.shared.findings)
@@ -245,7 +248,9 @@ class _MapRun:
                 findings.append(_unreadable("company", staged.key, exc))
                 continue
             result.staged += 1
-            made, company_findings = map_company(company, staged.version, self.mapping, self.shared)
+            made, company_findings = map_company(company, staged.version, self.mapping, self.shared,
+                                                 self.consent.times(company))
+            self.consent.hold_erased(made)
             result.not_sent += len(company.contacts) - len(made)
             outcomes += made
             findings += company_findings

@@ -44,6 +44,7 @@ class SyncResult:
     plan_id: str | None
     push: PushResult | None
     exceptions: dict[str, int] = field(default_factory=dict)
+    consent: Any = None  # khaosync.stages.consent.ConsentRun, when the consent flow ran
 
     @property
     def fail_findings(self) -> int:
@@ -66,6 +67,7 @@ class SyncResult:
             "map": self.map.as_dict(),
             "diff": {d.type: d.counts for d in self.diffs},
             "push": pushed or None,
+            "consent": self.consent.as_dict() if self.consent is not None else None,
             "fail_findings": self.fail_findings,
         }
 
@@ -89,9 +91,12 @@ def _merge_plans(store: StateStore, run_id: int, diffs: list[DiffResult]) -> str
 
 def sync(store: StateStore, profile: Profile, source: Source, client, *, since: datetime | None,
          entities: list[str] | None = None, commit: bool = False, verify: str = "sample",
-         progress=None) -> SyncResult:
+         progress=None, consent_reader=None, consent_kc=None) -> SyncResult:
     """Pull orders and credit notes changed since ``since`` (None: from the bookmarks) with the
-    customers and stock they need, map, diff and push them."""
+    customers and stock they need, map, diff and push them. With ``consent_reader`` (an Ometria
+    client) the consent flow runs too: Ometria's changes are read before map (so no KC opt-in
+    goes over a newer Ometria opt-out), planned last, and with ``commit`` written to KC through
+    ``consent_kc``."""
     chosen = [e for e in ORDER if e in (entities or ORDER)]
     unknown = sorted(set(entities or ()) - set(ORDER))
     if unknown:
@@ -112,14 +117,25 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
                 pulled.exceptions.update(more.exceptions)
                 pulled.fail_findings += more.fail_findings
         assert pulled is not None
+        if consent_reader is not None:
+            from khaosync.stages.consent import read_ometria_consent
+
+            # Before map: a KC opt-in is never sent over a newer Ometria opt-out.
+            consent_read = read_ometria_consent(store, profile, consent_reader, run_id=run_id)
         mapped = map_records(store, profile, entities=chosen, progress=progress, run_id=run_id)
         diffs = diff_all(store, profile, chosen, run_id=run_id)
         plan_id = _merge_plans(store, run_id, diffs)
         pushed = push_plan(store, profile, client if commit else None, plan_id, commit=commit, verify=verify,
                            progress=progress)
+        consent = None
+        if consent_reader is not None:
+            from khaosync.stages.consent import consent_after_read
+
+            consent = consent_after_read(store, profile, consent_read, consent_kc if commit else None,
+                                         run_id=run_id, commit=commit)
         found = dict(store.conn.execute(
             "SELECT type, count(*) FROM exception WHERE first_run >= ? GROUP BY type ORDER BY type", (run_id,)))
-        result = SyncResult(profile.is_sandbox, commit, run_id, pulled, mapped, diffs, plan_id, pushed, found)
+        result = SyncResult(profile.is_sandbox, commit, run_id, pulled, mapped, diffs, plan_id, pushed, found, consent)
     except BaseException:
         store.finish_run(run_id, "failed")
         raise

@@ -164,6 +164,83 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "consent back-flow: Ometria's consent changes, KC consent first-seen times, the ImportCompany journal",
+        """
+        -- Consent changes read from Ometria: GET /unsubscribes, and our contacts' marketing_optin
+        -- read back where it differs from what we sent. '' (not NULL) where a part is unknown,
+        -- so the same event read twice is one row.
+        CREATE TABLE consent_event (
+            id         INTEGER PRIMARY KEY,
+            source     TEXT NOT NULL CHECK (source IN ('unsubscribes', 'contact')),
+            email      TEXT NOT NULL,      -- lower-cased; '' when none
+            contact_id TEXT NOT NULL,      -- our collection's contact id; '' for unsubscribes
+            profile_id TEXT NOT NULL,
+            optin      TEXT NOT NULL CHECK (optin IN ('EXPLICITLY_OPTEDOUT', 'EXPLICITLY_OPTEDIN')),
+            type       TEXT NOT NULL,      -- Ometria's unsubscribe type, or marketing_optin
+            reason     TEXT,
+            at         TEXT NOT NULL,      -- Ometria's time of the change, UTC ISO; '' when it gave none
+            raw        TEXT NOT NULL,      -- the event exactly as read (JSON)
+            run_id     INTEGER REFERENCES run(id),
+            read_at    TEXT NOT NULL,
+            UNIQUE (source, email, contact_id, optin, type, at)
+        );
+        CREATE INDEX consent_event_email ON consent_event(email);
+        CREATE INDEX consent_event_contact ON consent_event(contact_id);
+
+        -- KC keeps no consent times: when khaosync first saw each value (company MAILING_STATUS,
+        -- contact EMAILSUBSCRIBE). since is NULL when the value was there at the first pull and
+        -- KC gave no date for it.
+        CREATE TABLE kc_consent_seen (
+            entity  TEXT NOT NULL CHECK (entity IN ('company', 'contact')),
+            key     TEXT NOT NULL,
+            value   TEXT NOT NULL,         -- JSON of the value
+            since   TEXT,
+            version INTEGER NOT NULL,      -- the company's staged version it was seen in
+            PRIMARY KEY (entity, key)
+        );
+
+        -- The write-back journal: an ImportCompany document is written here before it is sent.
+        CREATE TABLE consent_batch (
+            id          INTEGER PRIMARY KEY,
+            document    TEXT NOT NULL,     -- the COMPANYS document, exactly as sent
+            urns        TEXT NOT NULL,     -- JSON list of the URNs it carries
+            state       TEXT NOT NULL CHECK (state IN ('journaled', 'confirmed', 'failed')),
+            confirmed   TEXT,              -- JSON list of the URNs KC confirmed
+            created_at  TEXT NOT NULL,
+            answered_at TEXT,
+            error       TEXT
+        );
+        -- One planned opt-out per KC contact and Ometria change: planned by consent diff, sent by
+        -- consent push, done when KC confirmed its URN.
+        CREATE TABLE consent_change (
+            id             INTEGER PRIMARY KEY,
+            contact_id     TEXT NOT NULL,
+            company_id     TEXT NOT NULL,
+            urn            TEXT NOT NULL,
+            email          TEXT NOT NULL,
+            mailing_status INTEGER,        -- the company status to set; NULL: leave it as KC holds it
+            event_id       INTEGER NOT NULL REFERENCES consent_event(id),
+            state          TEXT NOT NULL CHECK (state IN ('planned', 'journaled', 'done', 'failed', 'superseded')),
+            batch_id       INTEGER REFERENCES consent_batch(id),
+            attempts       INTEGER NOT NULL DEFAULT 0,
+            planned_at     TEXT NOT NULL,
+            done_at        TEXT,
+            error          TEXT,
+            UNIQUE (contact_id, event_id)
+        );
+        CREATE INDEX consent_change_state ON consent_change(state);
+
+        -- Contacts Ometria has erased (GDPR anonymisation): never sent again, so no push re-creates
+        -- them. No personal data here: the contact id and what showed the erasure.
+        CREATE TABLE consent_erased (
+            contact_id  TEXT PRIMARY KEY,
+            evidence    TEXT NOT NULL,
+            run_id      INTEGER REFERENCES run(id),
+            detected_at TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -71,7 +71,7 @@ def test_manifest_counts_match_what_the_emulators_serve(runner, tmp_path):
     ometria = httpx.Client(transport=httpx.WSGITransport(app=app_), base_url="https://sandbox.khaosync.invalid/ometria/v2",
                            headers={"X-Ometria-Auth": "sandbox-key"})
     assert len(ometria.get("/orders", params={"limit": 250}).json()) == manifest["counts"]["ometria_seed_orders"]
-    unsubscribed = ometria.get("/unsubscribes", params={"since": "2000-01-01T00:00:00Z"}).json()
+    unsubscribed = ometria.get("/unsubscribes", params={"since": "2000-01-01T00:00:00"}).json()
     assert len(unsubscribed) == manifest["counts"]["ometria_unsubscribes"]
 
 

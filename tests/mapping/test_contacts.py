@@ -155,3 +155,42 @@ def test_an_opt_out_travels_with_the_shared_email():
 def test_email_key():
     assert email_key(" Ada@Example.COM ") == "ada@example.com"
     assert email_key("no email") is None and email_key("") is None and email_key(None) is None
+
+
+# -- consent times (KC keeps none: khaosync's first-seen times, and Ometria's newer opt-outs) ------
+def _sent(c: Company, times) -> dict:
+    from khaosync.mapping.contacts import ConsentTimes  # noqa: F401  (the type under test)
+
+    outcome = map_contact(c, c.contacts[0], 1, DEFAULT, SharedEmails(), times)
+    return outcome.record.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def at(day: int) -> datetime:
+    return datetime(2026, 10, day, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("subscribe, times, optin, subscribed, unsubscribed", [
+    # the decision carries the time khaosync first saw it
+    (True, dict(kc_at=at(3)), "EXPLICITLY_OPTEDIN", "2026-10-03T09:00:00Z", None),
+    (False, dict(kc_at=at(3)), "EXPLICITLY_OPTEDOUT", None, "2026-10-03T09:00:00Z"),
+    # there since the first pull: KC's own last change, never now
+    (True, dict(undated_at=at(1)), "EXPLICITLY_OPTEDIN", "2026-10-01T09:00:00Z", None),
+    # no time known: none sent (Ometria dates it)
+    (True, dict(), "EXPLICITLY_OPTEDIN", None, None),
+    # an Ometria opt-out newer than KC's opt-in: the opt-in is not sent at all
+    (True, dict(kc_at=at(3), ometria_opt_out_at=at(5)), None, None, None),
+    (True, dict(undated_at=at(1), ometria_opt_out_at=at(5)), None, None, None),
+    # ... an older one does not stop a newer KC opt-in (the consent flow raises the conflict)
+    (True, dict(kc_at=at(6), ometria_opt_out_at=at(5)), "EXPLICITLY_OPTEDIN", "2026-10-06T09:00:00Z", None),
+    # KC's opt-out written back from Ometria's: dated when the person said no
+    (False, dict(kc_at=at(9), ometria_opt_out_at=at(5)), "EXPLICITLY_OPTEDOUT", None, "2026-10-05T09:00:00Z"),
+    # no decision in KC: no consent field at all, whatever the times
+    (None, dict(kc_at=at(3), ometria_opt_out_at=at(5)), None, None, None),
+])
+def test_consent_times_are_sent_with_the_decision(subscribe, times, optin, subscribed, unsubscribed):
+    from khaosync.mapping.contacts import ConsentTimes
+
+    body = _sent(company(mailing_status=None, contacts=[person(subscribe=subscribe)]), ConsentTimes(**times))
+    assert (body.get("marketing_optin"), body.get("timestamp_subscribed"), body.get("timestamp_unsubscribed")) == (
+        optin, subscribed, unsubscribed)
+    assert "@force_optin" not in body

@@ -21,7 +21,7 @@ import json
 import os
 import random
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterator
@@ -331,13 +331,13 @@ def test_push_errors_parse_the_documented_and_assumed_fields() -> None:
     ]
 
 
-def test_unsubscribes_and_profiles_send_zoned_datetimes() -> None:
+def test_unsubscribes_send_the_documented_zoneless_utc_form_and_profiles_an_email() -> None:
     t = FakeTime()
     script = Script(t, httpx.Response(200, json=[]), httpx.Response(200, json=[{"id": "p1"}]))
     client, _ = client_for(script)
-    assert client.unsubscribes(datetime(2026, 10, 1), before=datetime(2026, 10, 2, tzinfo=timezone.utc)) == []
-    params = dict(script.requests[0].url.params)
-    assert params["since"] == "2026-10-01T00:00:00+00:00" and params["before"] == "2026-10-02T00:00:00+00:00"
+    since = datetime(2026, 10, 1, 1, 0, tzinfo=timezone(timedelta(hours=1)))  # 00:00 UTC
+    assert client.unsubscribes(since, before=datetime(2026, 10, 2, tzinfo=timezone.utc)) == []
+    assert dict(script.requests[0].url.params) == {"since": "2026-10-01T00:00:00", "before": "2026-10-02T00:00:00"}
     assert client.profile_by_email("a@example.com") == {"id": "p1"}
     assert dict(script.requests[1].url.params)["email"] == "a@example.com"
 

@@ -925,7 +925,7 @@ def test_unknown_repeated_or_bad_parameters_are_400(api):
     assert api.get("/orders/O1", params={"limit": 1}).status_code == 400
     assert api.get("/products", params={"active": "1"}).status_code == 400
     assert api.get("/profiles", params={"updateSince": "2026-01-01"}).status_code == 400
-    assert api.get("/unsubscribes", params={"since": "2026-01-01T00:00:00"}).status_code == 400
+    assert api.get("/unsubscribes", params={"since": "2026-01-01T00:00:00+00:00"}).status_code == 400
 
 
 def test_orderby_timestamp_update(api, emu):
@@ -997,23 +997,54 @@ def test_profiles_one_per_email_with_stable_ids(api, emu):
     assert [p["id"] for p in api.get("/profiles", params={"orderby": "timestamp_update"}).json()] == ["p1", "p2"]
 
 
-def test_unsubscribes_lists_seeded_ones_with_filters(api, emu):
+def test_unsubscribes_answer_as_documented_with_zoneless_utc_filters(api, emu):
     emu.seed_unsubscribe("ann@example.com", "2026-09-01T10:00:00Z", "unsubscribe link")
-    emu.seed_unsubscribe("bo@example.com", "2026-09-15T12:00:00+01:00", "spam complaint", type="complaint")
-    emu.seed_unsubscribe("cy@example.com", "2026-10-01T00:00:00Z", "unsubscribe link")
+    emu.seed_unsubscribe("bo@example.com", "2026-09-15T12:00:00+01:00", type="preferences_centre")
+    emu.seed_unsubscribe("cy@example.com", "2026-10-01T00:00:00Z")
+    emu.seed_unsubscribe("cy@example.com", "2026-10-01T00:00:00Z")  # the same event again: still one
     everything = api.get("/unsubscribes").json()
-    assert everything[0] == {"email_address": "ann@example.com", "profile_id": "p1", "reason": "unsubscribe link",
-                             "timestamp": "2026-09-01T10:00:00Z", "type": "unsubscribe"}
-    assert [u["email_address"] for u in everything] == ["ann@example.com", "bo@example.com", "cy@example.com"]
+    assert everything == [
+        {"email_address": "ann@example.com", "profile_id": "p1", "reason": "unsubscribe link",
+         "timestamp": "2026-09-01 10:00:00+00", "type": "link_unsubscribe"},
+        {"email_address": "bo@example.com", "profile_id": "p2", "reason": None,
+         "timestamp": "2026-09-15 11:00:00+00", "type": "preferences_centre"},
+        {"email_address": "cy@example.com", "profile_id": "p3", "reason": None,
+         "timestamp": "2026-10-01 00:00:00+00", "type": "link_unsubscribe"},
+    ]
 
     def emails(**params: str) -> list[str]:
-        return [u["email_address"] for u in api.get("/unsubscribes", params=params).json()]
+        answer = api.get("/unsubscribes", params=params)
+        assert answer.status_code == 200, answer.text
+        return [u["email_address"] for u in answer.json()]
 
-    assert emails(since="2026-09-15T11:00:00Z") == ["bo@example.com", "cy@example.com"]  # 12:00+01:00 is 11:00Z
-    assert emails(before="2026-09-15T11:00:00Z") == ["ann@example.com"]
-    assert emails(since="2026-09-02T00:00:00+00:00", before="2026-10-01T00:00:00Z") == ["bo@example.com"]
-    assert emails(type="complaint") == ["bo@example.com"]
+    assert emails(since="2026-09-15T11:00:00") == ["bo@example.com", "cy@example.com"]  # 12:00+01:00 is 11:00 UTC
+    assert emails(before="2026-09-15T11:00:00") == ["ann@example.com"]
+    assert emails(since="2026-09-02T00:00:00", before="2026-10-01T00:00:00") == ["bo@example.com"]
+    assert emails(type="preferences_centre") == ["bo@example.com"]
     assert profile_of(api, "cy@example.com")["marketing_optin"] == "EXPLICITLY_OPTEDOUT"
+
+
+@pytest.mark.parametrize("params, error", [
+    ({"since": "2026-09-01T00:00:00Z"}, "Invalid parameter since: expected YYYY-MM-DDTHH:MM:SS in UTC, without a zone"),
+    ({"before": "2026-09-01T00:00:00+00:00"}, "Invalid parameter before: expected YYYY-MM-DDTHH:MM:SS in UTC, without a zone"),
+    ({"since": "2026-09-01"}, "Invalid parameter since: expected YYYY-MM-DDTHH:MM:SS in UTC, without a zone"),
+    ({"since": "2026-13-01T00:00:00"}, "Invalid parameter since: not a date and time"),
+    ({"limit": "10"}, "Unknown parameter: limit"),
+    ({"offset": "10"}, "Unknown parameter: offset"),
+    ({"type": "unsubscribe"}, "Invalid parameter type: one of preferences_centre, app, list_unsubscribe, "
+                              "link_unsubscribe, stopword_unsubscribe_TF, stopword_unsubscribe_DO"),
+])
+def test_unsubscribes_refuse_what_ometria_does_not_document(api, params, error):
+    answer = api.get("/unsubscribes", params=params)
+    assert (answer.status_code, answer.json()) == (400, {"status": "ERROR", "error": error})
+
+
+def test_unsubscribes_answer_is_cut_short_at_the_cap_without_saying_so(db_path, clock):
+    emu = make_emulator(db_path, clock, unsubscribes_cap=2)
+    for day in (3, 1, 2):
+        emu.seed_unsubscribe(f"p{day}@example.com", f"2026-09-0{day}T10:00:00Z")
+    with client_for(emu) as api:
+        assert [u["email_address"] for u in api.get("/unsubscribes").json()] == ["p1@example.com", "p2@example.com"]
 
 
 # -- routing ----------------------------------------------------------------------------------

@@ -223,10 +223,11 @@ def test_pull_map_diff_push_then_live_drift(planted, tmp_path):
                 for e in ("products", "contacts", "orders")}
         assert live["orders"].counts["unchanged"] == ready["order"] and live["orders"].records == []
         assert live["products"].counts["unchanged"] == ready["product"] and live["products"].records == []
-        # contacts: only the people who unsubscribed in Ometria differ (Ometria keeps them opted out)
+        # contacts: only the people who unsubscribed in Ometria differ (Ometria keeps them opted out,
+        # and without the opt-in's date, which khaosync sends: consent times)
         unsubscribed = {str(e["contact_id"]) for e in manifest["faults"]["ometria_unsubscribed"]}
         assert {r.key: list(r.fields) for r in live["contacts"].records} == {
-            k: ["marketing_optin"] for k in unsubscribed}
+            k: ["marketing_optin", "timestamp_subscribed"] for k in unsubscribed}
 
         # drift in Ometria: a total changed, a line dropped, a consent flag flipped
         total_id, line_id = [i for (i,) in store.conn.execute(
@@ -250,7 +251,7 @@ def test_pull_map_diff_push_then_live_drift(planted, tmp_path):
         assert ours[line_id].fields[f"lineitems[{len(lines) - 1}]"].before is MISSING
         contacts = diff_records(store, profile, "contacts", live_client=client(profile, emu))
         assert {r.key: list(r.fields) for r in contacts.records} == {
-            k: ["marketing_optin"] for k in unsubscribed | {consent_id}}
+            consent_id: ["marketing_optin"], **{k: ["marketing_optin", "timestamp_subscribed"] for k in unsubscribed}}
         flipped = next(r for r in contacts.records if r.key == consent_id).fields["marketing_optin"]
         assert (flipped.before, flipped.after) == ("EXPLICITLY_OPTEDOUT", "EXPLICITLY_OPTEDIN")
         # the plan from a live diff sends exactly the drifted records back

@@ -124,3 +124,47 @@ def test_after_a_clean_sync_every_month_reconciles_and_the_erp_side_is_the_manif
             for currency, totals in currencies.items():
                 for metric, key in names.items():
                     assert erp[currency][metric] == Decimal(totals[key]), (month, currency, metric)
+
+
+def run_with_consent(tmp_path, sandbox, *, commit):
+    profile = sandbox_profile(state=str(tmp_path / "state.db"), sandbox_path=str(sandbox))
+    connections = Connections(profile)
+    from khaosync.stages.pull import FileSource, SoapSource
+
+    kc = connections.khaos_client()
+    source = SoapSource(kc, profile, FileSource(sandbox / "exports"))
+    with open_store(profile.state) as store:
+        return sync(store, profile, source, connections.ometria_client() if commit else None, since=None,
+                    commit=commit, verify="none", consent_reader=connections.ometria_client(),
+                    consent_kc=kc if commit else None)
+
+
+def test_sync_writes_ometria_opt_outs_to_kc_and_later_syncs_reopt_nobody_in(tmp_path, sandbox):
+    from khaosync.sandbox.generator import load_manifest
+    from khaosync.sandbox.world import World
+
+    planted = load_manifest(sandbox)["faults"]["ometria_unsubscribed"]
+    world = World(sandbox, create=False)
+    unsubscribed_at = {email: timestamp for email, timestamp, _ in world.ometria_unsubscribes()}
+    world.close()
+    first = run_with_consent(tmp_path, sandbox, commit=True)
+    assert first.consent.push.done == len(planted) and first.as_dict()["consent"]["push"]["done"] == len(planted)
+    world = World(sandbox, create=False)
+    for p in planted:
+        contact = next(c for c in world.get("company", p["company_id"])["contacts"]
+                       if c["contact_id"] == p["contact_id"])
+        assert contact["email_subscribe"] is False
+    world.close()
+    second = run_with_consent(tmp_path, sandbox, commit=True)  # pulls KC's change, pushes the opt-out
+    assert second.consent.push.planned == 0 and second.consent.diff.counts.get("opt_out_in_kc", 0) == 0
+    assert second.as_dict()["sent"]["contact"] == len(planted)  # the opt-out KC now holds, once
+    third = run_with_consent(tmp_path, sandbox, commit=True)
+    assert third.as_dict()["sent"]["contact"] == 0 and third.consent.push.imports == 0
+    emu = emulator(sandbox)
+    stats = emu.stats()
+    assert stats["forced_optins"] == [] and stats["optins_refused"] == 0  # no opt-in was ever sent over an opt-out
+    for p in planted:
+        stored = emu.get("contact", str(p["contact_id"]), "khaos")
+        assert stored["marketing_optin"] == "EXPLICITLY_OPTEDOUT"
+        # dated when the person unsubscribed in Ometria, not when KC was told
+        assert stored["timestamp_unsubscribed"] == unsubscribed_at[p["email"]]
