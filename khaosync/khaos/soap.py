@@ -38,6 +38,7 @@ from defusedxml import DefusedXmlException
 
 from khaosync.config import KhaosSettings
 from khaosync.errors import ConfigError
+from khaosync.scrub import scrub
 from khaosync.khaos.convert import NO_DATE, to_kc_bool, to_kc_list, utc_to_kc_datetime
 from khaosync.khaos.errors import (
     KhaosBadResponseError, KhaosConnectionError, KhaosError, KhaosHttpError, KhaosTimeoutError, SoapFaultError,
@@ -264,7 +265,7 @@ class KhaosClient:
             # A fault is a fault whatever the status (most sites send 500, some 200).
             raise SoapFaultError(fault[0], self._scrub(fault[1]), method)
         if response.status_code != 200:
-            raise KhaosHttpError(response.status_code, method, self._scrub(_excerpt(response.text)))
+            raise KhaosHttpError(response.status_code, method, _excerpt(self._scrub(response.text)))
         if element is None:
             raise KhaosBadResponseError(f"Khaos Control {method}: the answer is not a SOAP 1.1 envelope", method=method)
         returned = next((child for child in element if _local(child.tag) == "return"), None)
@@ -308,11 +309,11 @@ class KhaosClient:
         return self._rng.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**number))
 
     def _scrub(self, text: str) -> str:
-        """The password never reaches a message, even if a site echoes our request back."""
+        """The password, or any 8-character piece of it (as sent or XML-escaped), never reaches a
+        message, even if a site echoes our request back. Scrub before cutting (``_excerpt``)."""
         if self._credentials and self._credentials[1]:
             secret = self._credentials[1]
-            for form in {secret, _escape(secret)}:
-                text = text.replace(form, "***")
+            return scrub(text, [secret, _escape(secret)])
         return text
 
     # -- typed methods -----------------------------------------------------------------
@@ -399,7 +400,7 @@ class KhaosClient:
         def attempt() -> bytes:
             response = self._send("WSDL", lambda: self._http.get(url, headers={"Accept": "text/xml"}))
             if response.status_code != 200:
-                raise KhaosHttpError(response.status_code, "WSDL", _excerpt(response.text))
+                raise KhaosHttpError(response.status_code, "WSDL", _excerpt(self._scrub(response.text)))
             return response.content
 
         return self._with_retries("WSDL", attempt)
