@@ -11,13 +11,9 @@ from khaosync.errors import EXIT_FINDINGS
 
 
 def _parse_since(text: str):
-    from datetime import datetime, timezone
+    from khaosync.cli.options import parse_since
 
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"--since {text!r}: expected YYYY-MM-DD or an ISO datetime") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return parse_since(text)
 
 
 def _pull_source(c, source: str, path: str | None):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from decimal import Decimal
@@ -15,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from khaosync.cli.context import app_context
+from khaosync.report.csv import csv_writer
 from khaosync.errors import EXIT_FINDINGS
 
 ENTITY_CHOICES = ("contacts", "orders", "products")
@@ -148,7 +148,7 @@ def csv_value(value: Any) -> str:
 
 
 def write_csv(result, target) -> None:
-    writer = csv.writer(target, lineterminator="\n")
+    writer = csv_writer(target)
     writer.writerow(CSV_COLUMNS)
     for record in result.records:
         if not record.fields:

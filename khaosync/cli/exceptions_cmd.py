@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from typing import Any, Optional
 
@@ -13,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from khaosync.cli.context import app_context
+from khaosync.report.csv import csv_writer
 from khaosync.errors import EXIT_FINDINGS, ConfigError
 
 LIST_COLUMNS = ("id", "type", "severity", "owner", "status", "stage", "records", "reason", "first_seen", "last_seen",
@@ -68,7 +68,7 @@ def as_json_row(r) -> dict:
 
 
 def write_csv(rows, target) -> None:
-    writer = csv.writer(target, lineterminator="\n")
+    writer = csv_writer(target)
     writer.writerow(LIST_COLUMNS)
     for r in rows:
         data = as_json_row(r)
@@ -169,7 +169,8 @@ def register(app: typer.Typer) -> None:
 
         c = app_context(ctx)
         with c.open_store("exceptions show", write=False) as store:
-            found = show_exception(store.conn, exception_id)
+            # SQLite ids are 64-bit: a larger number names no exception (and would not bind).
+            found = show_exception(store.conn, exception_id) if 0 < exception_id < 2**63 else None
         if found is None:
             raise ConfigError(f"no exception {exception_id}: see khaosync exceptions list")
         if as_json:

@@ -12,9 +12,12 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from khaosync.cli.context import app_context
 from khaosync.errors import EXIT_FINDINGS
+
+from khaosync.cli.options import FIRST_YEAR, LAST_YEAR
 
 RECORDS_SHOWN = 40  # rows of the human records table; --json and --csv give them all
 
@@ -26,9 +29,8 @@ CSV_HELP = "Also write each table as a CSV file in this folder (for finance's sp
 # -- rendering (80 columns) ------------------------------------------------------------------
 
 
-def _status(text: str) -> str:
-    colour = {"ok": "green", "warn": "yellow", "fail": "red"}.get(text)
-    return f"[{colour}]{text}[/{colour}]" if colour else text
+def _status(text: str) -> Text:
+    return Text(text, style={"ok": "green", "warn": "yellow", "fail": "red"}.get(text, ""))
 
 
 def _value(value) -> str:
@@ -62,7 +64,7 @@ def records_tables(records: list[dict], limit: int = RECORDS_SHOWN) -> list[Tabl
         groups.setdefault((r["issue"], r["severity"], r["owner"]), []).append(r)
     tables = []
     for (issue, severity, owner), rows in groups.items():
-        table = Table(title=f"{issue}: {_status(severity)}, owner {owner}", title_justify="left", box=None,
+        table = Table(title=Text.assemble(f"{issue}: ", _status(severity), f", owner {owner}"), title_justify="left", box=None,
                       header_style="bold underline", pad_edge=False)
         table.add_column("record", no_wrap=True)
         table.add_column("ERP", overflow="fold", max_width=20)
@@ -131,9 +133,12 @@ def _check_month(month: str) -> str:
     from khaosync.stages.reconcile import check_month
 
     try:
-        return check_month(month)
+        month = check_month(month)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--month") from None
+    if not FIRST_YEAR <= int(month[:4]) <= LAST_YEAR:
+        raise typer.BadParameter(f"month {month!r}: the year must be {FIRST_YEAR} to {LAST_YEAR}", param_hint="--month")
+    return month
 
 
 def _show(c, result: dict, as_json: bool, csv_dir: str | None) -> None:
@@ -348,9 +353,15 @@ def register(app: typer.Typer) -> None:
                 if client is not None:
                     client.close()
         target = Path(html)
+        if target.is_dir():
+            raise typer.BadParameter(f"{html} is a folder: give the report's file name, e.g. {Path(html) / 'audit.html'}",
+                                     param_hint="--html")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
-        partial.write_text(render(audit), encoding="utf-8")
-        partial.replace(target)
+        try:
+            partial.write_text(render(audit), encoding="utf-8")
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
         c.terminal.info(_verdict(audit.reconciliation))
         c.terminal.data(f"report written: {target.resolve()}")

@@ -1,4 +1,8 @@
-"""The one console. Human messages go to stderr, gated by verbosity; data goes to stdout."""
+"""The one console. Human messages go to stderr, gated by verbosity; data goes to stdout.
+
+Markup is off on both consoles: paths, record keys and values from the ERP are printed as
+they are (a ``[/]`` in a path is text, not a rich tag). Styles are applied with ``Text``.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,15 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 
 class Terminal:
     def __init__(self, verbosity: int = 0, width: int | None = None):
         self.verbosity = verbosity
-        self.err = Console(stderr=True, width=width, highlight=False, soft_wrap=False)
-        self.out = Console(file=sys.stdout, width=width, highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, width=width, highlight=False, soft_wrap=True, markup=False, emoji=False)
+        self.out = Console(file=sys.stdout, width=width, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
     # human output, stderr -------------------------------------------------------------
     def info(self, message: Any) -> None:
@@ -30,15 +35,22 @@ class Terminal:
 
     def warn(self, message: str) -> None:
         if self.verbosity >= 0:
-            self.err.print(f"[yellow]warning:[/yellow] {message}")
+            self.err.print(Text.assemble(("warning:", "yellow"), " ", str(message)))
 
     def error(self, message: str) -> None:
         # Errors print even with -q: cron must see why a run failed.
-        self.err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+        self.err.print(Text.assemble(("error:", "red"), " ", str(message)))
+
+    def traceback(self, exc: BaseException) -> None:
+        """For a developer (-vvv): the traceback after the error line, on stderr."""
+        import traceback
+
+        self.err.print(Text("".join(traceback.format_exception(exc)).rstrip()), style="dim")
 
     def banner(self, sandbox: bool, profile: str) -> None:
         if sandbox:
-            self.info("[bold black on yellow] SANDBOX [/] emulated Khaos Control and Ometria; nothing real is touched")
+            self.info(Text.assemble((" SANDBOX ", "bold black on yellow"),
+                                    " emulated Khaos Control and Ometria; nothing real is touched"))
         else:
             self.detail(f"profile: {profile}")
 

@@ -205,6 +205,26 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("COMMIT")
 
 
+BUSY_PROBE_S = 2.0
+"""How long a writer waits, on opening, for a transaction someone else holds. khaosync's own
+writers queue on the lock file first, so a holder here is another program (a sqlite3 shell, a
+backup): say so at once rather than wait 30 s and fail half-way."""
+
+
+def _probe_writable(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            raise ConfigError(f"state {path} is busy: another program holds a transaction on it (khaosync runs "
+                              "hold the lock file instead); try again when it has finished") from None
+        if "readonly" in text:
+            raise ConfigError(f"state {path} is read-only: this command writes to it") from None
+        raise
+
+
 def open_store(path: str | Path, *, write: bool = True, command: str | None = None) -> StateStore:
     """Open (creating and migrating if needed) the state store at ``path``.
 
@@ -221,7 +241,10 @@ def open_store(path: str | Path, *, write: bool = True, command: str | None = No
         raise ConfigError(f"no state at {path}: run `khaosync pull` first (or pass --state)")
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_PROBE_S if write else 30)
+        if write:
+            _probe_writable(conn, path)
+            conn.execute(f"PRAGMA busy_timeout = {30_000}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
