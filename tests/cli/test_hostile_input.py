@@ -5,6 +5,7 @@ its meaning (2 usage/input, 3 external; 1 is findings only). Never a traceback, 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -241,3 +242,51 @@ def test_help_states_the_sandbox_minimums():
     assert (sandbox_cmd.MIN_CUSTOMERS, sandbox_cmd.MIN_ORDERS) == (generator.MIN_CUSTOMERS, generator.MIN_ORDERS)
     result = run(["sandbox", "init", "--help"])
     assert f"at least {generator.MIN_CUSTOMERS}" in result.stdout and f"at least {generator.MIN_ORDERS}" in result.stdout
+
+
+EVIL = '=HYPERLINK("http://evil.example/","x")@evil.example'
+
+
+def test_no_csv_cell_starts_a_formula(workspace):
+    """Issue 11.10: an ERP email that is a formula stays text in every CSV khaosync writes."""
+    import csv
+
+    state = workspace / ".khaosync" / "state.db"
+    with sqlite3.connect(state) as conn:
+        key, parsed = conn.execute("SELECT key, parsed FROM staged_record WHERE entity = 'company' AND current = 1 "
+                                   "ORDER BY key LIMIT 1").fetchone()
+        company = json.loads(parsed)
+        company["contacts"][0]["email"] = EVIL
+        conn.execute("UPDATE staged_record SET parsed = ? WHERE entity = 'company' AND key = ? AND current = 1",
+                     (json.dumps(company), key))
+        conn.execute("INSERT INTO exception(type, severity, owner, stage, fingerprint, reason, records, first_seen, "
+                     "last_seen, first_run, last_run) VALUES ('malformed_record', 'warn', 'crm', 'pull', 'x', ?, ?, "
+                     "'2026-11-01', '2026-11-01', 1, 1)", ("+cmd|' /C calc'!A0", '["@SUM(1+1)"]'))
+    result = run(["reconcile", "contacts", "--csv", "out"])
+    assert_clean(result, ["reconcile", "contacts"], codes=(0, 1))
+    rows = list(csv.reader((workspace / "out" / "contacts-records.csv").open(encoding="utf-8")))
+    assert ["'" + EVIL] in [[cell] for row in rows for cell in row if EVIL in cell]
+    listed = run(["exceptions", "list", "--csv", "-"])
+    cells = [cell for row in csv.reader(listed.stdout.splitlines()) for cell in row]
+    assert "'+cmd|' /C calc'!A0" in cells and "'@SUM(1+1)" in cells
+    for flat in ([cell for row in rows for cell in row], cells):
+        assert not [c for c in flat if c[:1] in ("=", "+", "@") or (c[:1] == "-" and not c[1:2].isdigit())]
+    # diff --csv: map holds that email (not an address), so its writer is given a change directly.
+    import io
+    from types import SimpleNamespace
+
+    from khaosync.cli.diff_cmd import write_csv
+
+    change = SimpleNamespace(before="a@example.org", after=EVIL)
+    out = io.StringIO()
+    write_csv(SimpleNamespace(records=[SimpleNamespace(type="contact", key="7001", change="changed",
+                                                       fields={"email": change}, reason="-1 day")]), out)
+    assert list(csv.reader(out.getvalue().splitlines()))[1] == [
+        "contact", "7001", "changed", "email", "a@example.org", "'" + EVIL, "'-1 day"]
+
+
+def test_safe_cell_keeps_numbers_and_neutralises_formulas():
+    from khaosync.report.csv import safe_cell
+
+    assert [safe_cell(v) for v in ("-12.50", "+3", "1e5", "-", "=1+1", "@x", "\tx", "\rx", "-x", "a=b", None, 4)] == [
+        "-12.50", "+3", "1e5", "'-", "'=1+1", "'@x", "'\tx", "'\rx", "'-x", "a=b", None, 4]
