@@ -7,7 +7,11 @@ from typing import Optional
 import typer
 
 from khaosync.cli.context import app_context
-from khaosync.errors import EXIT_FINDINGS
+from khaosync.errors import EXIT_FINDINGS, ConfigError
+
+# The file names khaosync.khaos.files.ExportFolder reads (docs/pull.md).
+EXPORT_PATTERNS = ("companies*.xml", "customers*.csv", "customers*.tsv", "stock*.xml", "sales_orders*.xml",
+                   "order_status*.xml", "credit_notes*.csv", "credit_notes*.tsv")
 
 
 def _parse_since(text: str):
@@ -28,7 +32,11 @@ def _pull_source(c, source: str, path: str | None):
             raise typer.BadParameter("--source files needs --path FOLDER")
         if not Path(path).is_dir():
             raise typer.BadParameter(f"--path {path}: not a folder")
-        return FileSource(Path(path))
+        found = FileSource(Path(path))
+        if not found.export.files(*EXPORT_PATTERNS):
+            raise ConfigError(f"--path {path}: no exports found (KC export files are named "
+                              f"{', '.join(EXPORT_PATTERNS)}; docs/pull.md)")
+        return found
     if source != "soap":
         raise typer.BadParameter(f"--source {source!r}: choose soap or files")
     notes = connections.credit_notes_folder()
@@ -37,7 +45,7 @@ def _pull_source(c, source: str, path: str | None):
 
 def register(app: typer.Typer) -> None:
     """Every command, in the order ``--help`` lists them. One module per command group."""
-    from khaosync.cli import diff_cmd, exceptions_cmd, map_cmd, push_cmd, reconcile_cmd
+    from khaosync.cli import diff_cmd, exceptions_cmd, history_cmd, map_cmd, push_cmd, reconcile_cmd
 
     _register_pull(app)
     map_cmd.register(app)
@@ -45,6 +53,7 @@ def register(app: typer.Typer) -> None:
     push_cmd.register(app)
     reconcile_cmd.register(app)
     exceptions_cmd.register(app)
+    history_cmd.register(app)
     _register_tools(app)
 
 

@@ -89,6 +89,9 @@ def plan_lines(result) -> list[str]:
     elif result.superseded:
         line += f" (supersedes {len(result.superseded)} older plans)"
     lines = [line]
+    if result.keys:
+        lines.append(f"narrowed by --key: a partial plan; push sends it only when named (--plan {result.plan_id}), "
+                     "and it supersedes no full review")
     if result.planned:
         lines.append(f"push it with: khaosync push --plan {result.plan_id} --commit")
     return lines

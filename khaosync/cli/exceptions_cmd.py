@@ -119,6 +119,18 @@ def detail_view(found) -> Group:
     return Group(*parts)
 
 
+def _check_filter(store, column: str, value: str | None) -> None:
+    """An unknown --owner or --type is a typo, not an empty register: say which values exist."""
+    if value is None:
+        return
+    from khaosync.findings import TYPES
+
+    known = {t.name if column == "type" else t.owner for t in TYPES.values()}
+    known |= {r[0] for r in store.conn.execute(f"SELECT DISTINCT {column} FROM exception")}  # noqa: S608 - fixed names
+    if value not in known:
+        raise ConfigError(f"--{column} {value!r}: unknown; choose from {', '.join(sorted(known))}")
+
+
 def register(app: typer.Typer) -> None:
     exceptions_app = typer.Typer(help="The exceptions register: every finding, typed and owned.", no_args_is_help=True)
     app.add_typer(exceptions_app, name="exceptions")
@@ -139,6 +151,8 @@ def register(app: typer.Typer) -> None:
         """
         c = app_context(ctx)
         with c.open_store("exceptions list", write=False) as store:
+            _check_filter(store, "owner", owner)
+            _check_filter(store, "type", type_)
             rows = store.exceptions(open_only=open_only, owner=owner, type=type_)
         if csv_path == "-":
             write_csv(rows, sys.stdout)

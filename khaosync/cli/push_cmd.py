@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from khaosync.cli.context import app_context
-from khaosync.errors import EXIT_FINDINGS, KhaosyncError
+from khaosync.errors import EXIT_FINDINGS, ConfigError, KhaosyncError
 
 VERIFY_MODES = ("sample", "all", "none")
 
@@ -47,11 +47,46 @@ def _owners(c) -> dict[str, str]:  # c: AppContext
         return {}
 
 
+def describe_plan(plan) -> str:  # plan: khaosync.store.plans.Plan
+    """Which plan, made when, by which diff, how many records: said before anything is sent."""
+    made = plan.created_at[:16].replace("T", " ")
+    by = f" by `{plan.made_by}`" if plan.made_by else ""
+    partial = f", partial: {len(plan.narrowed_to or [])} key(s)" if plan.partial else ""
+    return f"plan {plan.id}: made {made} UTC{by}, {plan.records} record(s) to push{partial}"
+
+
+def _chosen_plan(c, store, plan_id: str | None):
+    """The plan push will send, said on stderr; a newer narrowed plan is pointed out, never taken."""
+    from khaosync.store import plans
+
+    chosen_id = plan_id or plans.default_plan_id(store.conn)
+    chosen = plans.get_plan(store.conn, chosen_id) if chosen_id else None
+    if chosen is None:
+        return None  # push_plan says why
+    if plan_id is None:
+        wider = plans.wider_open_reviews(store.conn, chosen)
+        if wider:
+            review = wider[-1]
+            raise ConfigError(
+                f"the newest plan {chosen.id} (`{chosen.made_by or 'diff'}`: {', '.join(chosen.scope)}) is narrower "
+                f"than the open review {review.id} (`{review.made_by or 'diff'}`: {', '.join(review.scope)}); "
+                f"name the one to push: --plan {chosen.id} or --plan {review.id}")
+    c.terminal.info(describe_plan(chosen))
+    if plan_id is None:
+        for narrowed in plans.newer_narrowed(store.conn, chosen):
+            c.terminal.warn(f"newer partial plan {narrowed.id} (`{narrowed.made_by}`) is not sent without "
+                            f"--plan {narrowed.id}")
+    return chosen
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def push(
         ctx: typer.Context,
-        plan: Optional[str] = typer.Option(None, "--plan", help="The plan to push (default: the newest open plan)."),
+        plan: Optional[str] = typer.Option(None, "--plan", metavar="ID",
+                                           help="The plan to push, e.g. p7-20261127-0231 (khaosync plans list). "
+                                           "Default: the newest open full review; a partial plan (diff --key) is "
+                                           "sent only when named."),
         commit: bool = typer.Option(False, "--commit", help="Really send it. Without this, only show what would be sent."),
         verify: str = typer.Option("sample", "--verify",
                                    help="After the push, read back: sample (20 per type), all, or none."),
@@ -74,6 +109,7 @@ def register(app: typer.Typer) -> None:
         if verify not in VERIFY_MODES:
             raise typer.BadParameter(f"--verify {verify!r}: choose sample, all or none")
         with c.open_store("push", write=commit) as store:
+            chosen = _chosen_plan(c, store, plan)
             client = Connections(c.profile).ometria_client() if commit else None
             try:
                 with c.terminal.progress("pushing") as progress:
@@ -83,7 +119,8 @@ def register(app: typer.Typer) -> None:
                 if client is not None:
                     client.close()
         if as_json:
-            c.terminal.json(result.as_dict())
+            c.terminal.json({"sandbox": c.profile.is_sandbox, **result.as_dict(),
+                             "plan_detail": chosen.as_dict() if chosen else None})
         else:
             c.terminal.data(push_table(result))
             if not commit:

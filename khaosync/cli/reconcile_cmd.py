@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from khaosync.cli.context import app_context
-from khaosync.errors import EXIT_FINDINGS
+from khaosync.errors import EXIT_FINDINGS, ConfigError
 
 from khaosync.cli.options import FIRST_YEAR, LAST_YEAR
 
@@ -160,12 +160,37 @@ def _show(c, result: dict, as_json: bool, csv_dir: str | None) -> None:
         c.terminal.data(textwrap.fill(footer, width=79))
     for note in result.get("notes", []):
         c.terminal.warn(note)
-    c.terminal.data(_verdict(result))
+    if not _empty(result):  # an empty reconciliation gets an error line instead (_refuse_empty)
+        c.terminal.data(_verdict(result))
 
 
 def _exit_for(status: str) -> None:
     if status == "fail":
         raise typer.Exit(EXIT_FINDINGS)
+
+
+def _refuse_empty(result: dict) -> None:
+    """A reconciliation of nothing proves nothing: no records on any side is "no data", exit 2,
+    never an OK a month-end checklist could tick (issue 14.4)."""
+    message = _empty(result)
+    if message:
+        raise ConfigError(message)
+
+
+def _empty(result: dict) -> str | None:
+    counts = result.get("counts", {})
+    if result.get("kind") == "orders":
+        sides = {"ERP": counts.get("erp_orders", 0), "ledger": counts.get("ledger_orders", 0)}
+        if result.get("live"):
+            sides["Ometria"] = counts.get("ometria_orders", 0)
+        what = f"reconcile {result['month']}: no orders"
+    else:
+        sides = {"ERP": counts.get("erp_contacts", 0), "Ometria": counts.get("ometria_contacts", 0)}
+        what = "reconcile contacts: no contacts"
+    if any(sides.values()):
+        return None
+    return (f"no data: {what} on any side ({', '.join(sides)}); nothing was proven. "
+            "Is this the right --state, and has `khaosync pull` run for this period?")
 
 
 def _run_detectors(store, profile, client, rules) -> None:
@@ -242,6 +267,7 @@ def register(app: typer.Typer) -> None:
                 if client is not None:
                     client.close()
         _show(c, result, as_json, csv_dir)
+        _refuse_empty(result)
         _exit_for(result["status"])
 
     @reconcile_app.command("contacts")
@@ -272,6 +298,7 @@ def register(app: typer.Typer) -> None:
                 if client is not None:
                     client.close()
         _show(c, result, as_json, csv_dir)
+        _refuse_empty(result)
         _exit_for(result["status"])
 
     @app.command()
@@ -296,6 +323,9 @@ def register(app: typer.Typer) -> None:
 
         c = app_context(ctx)
         loaded = _rules(rules)
+        if not Path(c.profile.state).exists():
+            # A check must not create what it checks: a mistyped --state is an error, not a new store.
+            raise ConfigError(f"no state at {c.profile.state}: run `khaosync pull` first (or pass --state)")
         if detect:
             try:
                 c.open_store("health", write=True).close()

@@ -77,4 +77,9 @@ class Terminal:
         sys.stdout.flush()
 
     def data(self, renderable: Any) -> None:
-        self.out.print(renderable)
+        """A renderable on stdout, without the spaces rich pads table cells with at line ends."""
+        with self.out.capture() as captured:
+            self.out.print(renderable)
+        text = "\n".join(line.rstrip() for line in captured.get().split("\n"))
+        sys.stdout.write(text)
+        sys.stdout.flush()

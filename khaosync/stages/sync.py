@@ -75,7 +75,8 @@ def _merge_plans(store: StateStore, run_id: int, diffs: list[DiffResult]) -> str
     ids = [d.plan_id for d in diffs]
     with store.transaction() as conn:
         merged = f"{ids[-1]}-sync"
-        plans.create_plan(conn, merged, run_id=run_id, scope=[d.type for d in diffs], created_at=utcnow())
+        plans.create_plan(conn, merged, run_id=run_id, scope=[d.type for d in diffs], created_at=utcnow(),
+                          made_by="sync")
         counts: dict[str, int] = {"new": 0, "changed": 0, "unchanged": 0, "void": 0}
         for d in diffs:
             plans.add_records(conn, merged, plans.plan_records(conn, d.plan_id))
