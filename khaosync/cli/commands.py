@@ -96,6 +96,9 @@ def _register_pull(app: typer.Typer) -> None:
         else:
             c.terminal.data(pull_table(result))
         if result.fail_findings:
+            if not as_json:
+                c.terminal.verdict(f"pull: {result.fail_findings} finding(s) at fail severity: "
+                                   "khaosync exceptions list --open", failed=True)
             raise typer.Exit(EXIT_FINDINGS)
 
 
@@ -130,7 +133,11 @@ def _register_tools(app: typer.Typer) -> None:
             c.terminal.json(report.model_dump(mode="json"))
         else:
             c.terminal.data(discover_table(report))
-        if any(op.status in ("expected_missing", "different_signature") for op in report.operations):
+        wrong = [op.name for op in report.operations if op.status in ("expected_missing", "different_signature")]
+        if wrong:
+            if not as_json:
+                c.terminal.verdict(f"discover: {len(wrong)} operation(s) khaosync needs are missing or different: "
+                                   f"{', '.join(wrong)}", failed=True)
             raise typer.Exit(EXIT_FINDINGS)
 
     config_app = typer.Typer(help="Show the resolved configuration.", no_args_is_help=True)

@@ -220,7 +220,12 @@ def register(app: typer.Typer) -> None:
         elif csv_path != "-":
             c.terminal.data(human(result))
         if open_fail:
-            c.terminal.info(f"{open_fail} open exception(s) at fail severity: khaosync exceptions list --open")
+            line = f"{open_fail} open exception(s) at fail severity: khaosync exceptions list --open"
+            if c.terminal.quiet:
+                if not as_json:
+                    c.terminal.verdict(line, failed=True)
+            else:
+                c.terminal.info(line)
             raise typer.Exit(EXIT_FINDINGS)
 
 

@@ -164,7 +164,10 @@ def register(app: typer.Typer) -> None:
             c.terminal.json([as_json_row(r) for r in rows])
         elif csv_path != "-":
             c.terminal.data(exceptions_table(rows))
-        if any(r.severity == "fail" and r.status == "open" for r in rows):
+        failing = sum(1 for r in rows if r.severity == "fail" and r.status == "open")
+        if failing:
+            if not as_json and csv_path != "-":
+                c.terminal.verdict(f"{failing} open exception(s) at fail severity", failed=True)
             raise typer.Exit(EXIT_FINDINGS)
 
     @exceptions_app.command("show")

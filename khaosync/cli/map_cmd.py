@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
         else:
             c.terminal.data(map_table(result))
         if result.fail_findings:
+            if not as_json:
+                c.terminal.verdict(f"map: {result.fail_findings} finding(s) at fail severity: "
+                                   "khaosync exceptions list --open", failed=True)
             raise typer.Exit(EXIT_FINDINGS)
 
     mappings_app = typer.Typer(help="Mapping files: validate one and see what it would do.", no_args_is_help=True)

@@ -11,6 +11,17 @@ from khaosync.cli.context import app_context
 from khaosync.errors import EXIT_FINDINGS, ConfigError, KhaosyncError
 
 VERIFY_MODES = ("sample", "all", "none")
+FAIL_ON = ("new", "any", "never")
+
+
+def _fail_counts(store, run_id: int) -> tuple[int, int]:
+    """(fail-severity exceptions this run opened, fail-severity exceptions open now). A run's push
+    is a later run of its own, so "this run" is every run from ``run_id`` on."""
+    new = store.conn.execute("SELECT count(*) FROM exception WHERE severity = 'fail' AND resolved_at IS NULL "
+                             "AND first_run >= ?", (run_id,)).fetchone()[0]
+    open_ = store.conn.execute("SELECT count(*) FROM exception WHERE severity = 'fail' AND resolved_at IS NULL"
+                               ).fetchone()[0]
+    return new, open_
 
 
 def push_table(result) -> Table:  # result: khaosync.stages.push.PushResult
@@ -126,6 +137,9 @@ def register(app: typer.Typer) -> None:
             if not commit:
                 c.terminal.info(f"nothing was sent; to send it: khaosync push --plan {result.plan_id} --commit")
         if result.fail_findings:
+            if not as_json:
+                c.terminal.verdict(f"push {result.plan_id}: {result.fail_findings} finding(s) at fail severity: "
+                                   "khaosync exceptions list --open", failed=True)
             raise typer.Exit(EXIT_FINDINGS)
 
     @app.command()
@@ -136,6 +150,9 @@ def register(app: typer.Typer) -> None:
         entity: Optional[list[str]] = typer.Option(None, "--entity", help="products, contacts or orders (repeatable; default all)."),
         verify: str = typer.Option("sample", help="After pushing, read back: sample, all or none."),
         as_json: bool = typer.Option(False, "--json", help="The summary as JSON on stdout."),
+        fail_on: str = typer.Option("new", "--fail-on", metavar="new|any|never",
+                                    help="Exit 1 when this run found new fail-severity exceptions (new, the "
+                                    "default), while any is open (any), or never (never)."),
     ) -> None:
         """Chain pull, map, diff and push for scheduled runs, with one summary.
 
@@ -144,7 +161,10 @@ def register(app: typer.Typer) -> None:
         for want of its product. Without --commit it is a dry run of the same path: pull and map
         store what they read, diff writes the plan, push only checks and summarises it.
 
-        Example: khaosync sync --since 2026-10-01 --commit
+        --fail-on new (the default) keeps cron quiet about an exception it already reported:
+        exit 1 means this run found something new at fail severity.
+
+        Example: khaosync -q sync --since 2026-10-01 --commit
         """
         from khaosync.cli.commands import _parse_since, _pull_source
         from khaosync.cli.render import sync_table
@@ -158,6 +178,8 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"--entity {name!r}: choose from {', '.join(ORDER)}")
         if verify not in ("sample", "all", "none"):
             raise typer.BadParameter(f"--verify {verify!r}: choose sample, all or none")
+        if fail_on not in FAIL_ON:
+            raise typer.BadParameter(f"--fail-on {fail_on!r}: choose new, any or never")
         start = _parse_since(since) if since else None
         source = _pull_source(c, "soap", None)
         client = Connections(c.profile).ometria_client() if commit else None
@@ -165,12 +187,18 @@ def register(app: typer.Typer) -> None:
             with c.terminal.progress("sync") as progress:
                 result = run_sync(store, c.profile, source, client, since=start, entities=entity or None,
                                   commit=commit, verify=verify, progress=progress)
+            new_fail, open_fail = _fail_counts(store, result.run_id)
         if as_json:
-            c.terminal.json(result.as_dict())
+            c.terminal.json({**result.as_dict(), "new_fail_exceptions": new_fail, "open_fail_exceptions": open_fail,
+                             "fail_on": fail_on})
         else:
             c.terminal.data(sync_table(result))
             if not commit:
                 c.terminal.info(f"dry run: nothing was sent; to send plan {result.plan_id}: "
                                 f"khaosync push --plan {result.plan_id} --commit (or sync --commit)")
-        if result.fail_findings:
+        failed = (fail_on == "new" and new_fail > 0) or (fail_on == "any" and open_fail > 0)
+        if not as_json:
+            c.terminal.verdict(f"sync run {result.run_id}: {'FAIL' if failed else 'OK'} ({new_fail} new "
+                               f"exception(s) at fail severity, {open_fail} open; --fail-on {fail_on})", failed)
+        if failed:
             raise typer.Exit(EXIT_FINDINGS)

@@ -161,7 +161,7 @@ def _show(c, result: dict, as_json: bool, csv_dir: str | None) -> None:
     for note in result.get("notes", []):
         c.terminal.warn(note)
     if not _empty(result):  # an empty reconciliation gets an error line instead (_refuse_empty)
-        c.terminal.data(_verdict(result))
+        c.terminal.verdict(_verdict(result), failed=result["status"] == "fail")
 
 
 def _exit_for(status: str) -> None:
@@ -348,7 +348,7 @@ def register(app: typer.Typer) -> None:
             c.terminal.json({"sandbox": c.profile.is_sandbox, **data})
         else:
             c.terminal.data(health_table(data))
-            c.terminal.data(report.verdict())
+            c.terminal.verdict(report.verdict(), failed=report.status == "fail")
         _exit_for(report.status)
 
     @app.command()

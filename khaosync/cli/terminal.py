@@ -76,8 +76,24 @@ class Terminal:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
         sys.stdout.flush()
 
+    @property
+    def quiet(self) -> bool:
+        return self.verbosity < 0
+
+    def verdict(self, line: str, failed: bool) -> None:
+        """A command's one-line verdict: on stdout after its data; with -q only when it failed,
+        and then alone, on stderr (cron mails what a quiet job prints)."""
+        if self.quiet:
+            if failed:
+                self.err.print(Text(line))
+            return
+        self.data(Text(line))
+
     def data(self, renderable: Any) -> None:
-        """A renderable on stdout, without the spaces rich pads table cells with at line ends."""
+        """A renderable on stdout, without the spaces rich pads table cells with at line ends.
+        Nothing with -q: a quiet run prints only its verdict, and only when it failed."""
+        if self.quiet:
+            return
         with self.out.capture() as captured:
             self.out.print(renderable)
         text = "\n".join(line.rstrip() for line in captured.get().split("\n"))
