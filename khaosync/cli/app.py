@@ -57,13 +57,24 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from khaosync import __version__
+
+        typer.echo(f"khaosync {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
     config: Optional[str] = typer.Option(None, "--config", help="Config file (default: ./khaosync.yaml if present, else the sandbox)."),
     state: Optional[str] = typer.Option(None, "--state", help="State store path (default: .khaosync/state.db)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail on stderr (repeatable)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr (for cron)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing when all is well; only the verdict line "
+                               "(on stderr) when not, and errors (for cron)."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                 help="Print khaosync's version and exit."),
 ) -> None:
     """Keep Ometria in step with the Khaos Control ERP.
 

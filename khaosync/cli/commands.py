@@ -140,6 +140,68 @@ def _register_tools(app: typer.Typer) -> None:
                                    f"{', '.join(wrong)}", failed=True)
             raise typer.Exit(EXIT_FINDINGS)
 
+    @app.command("init")
+    def init(
+        ctx: typer.Context,
+        path: str = typer.Option("khaosync.yaml", "--path", metavar="FILE", help="Where to write it."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+    ) -> None:
+        """Write a commented khaosync.yaml for a live site: every key, its default, what it does.
+
+        Asks nothing: replace the two URLs, set OMETRIA_API_KEY, then run khaosync doctor.
+
+        Example: khaosync init && khaosync doctor
+        """
+        from pathlib import Path
+
+        from khaosync.config_init import template
+
+        c = app_context(ctx)
+        target = Path(path)
+        if target.exists() and not force:
+            raise ConfigError(f"{target} exists: keep it, or replace it with --force")
+        if target.is_dir():
+            raise ConfigError(f"{target} is a folder: give a file name")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(template(), encoding="utf-8")
+        c.terminal.info(f"wrote {target}: set khaos.soap_url and the Ometria key, then run: khaosync doctor")
+
+    @app.command("doctor")
+    def doctor(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="The checks as JSON on stdout.")) -> None:
+        """Check the installation: config, Ometria key and connection, the KC WSDL, the state store.
+
+        One line per check, with what to do when it fails. Reads only (one Ometria request,
+        one WSDL fetch). Exit 1 when a check fails.
+
+        Example: khaosync --config site.yaml doctor
+        """
+        from rich.table import Table
+        from rich.text import Text
+
+        from khaosync.doctor import run_checks
+
+        c = app_context(ctx)
+        profile, checks = run_checks(c.config_path, c.state_override)
+        if profile is not None:
+            c.terminal.banner(profile.is_sandbox, profile.name)
+        failed = [k for k in checks if k.status == "fail"]
+        if as_json:
+            c.terminal.json({"sandbox": profile.is_sandbox if profile else None,
+                             "checks": [k.as_dict() for k in checks], "ok": not failed})
+        else:
+            table = Table(box=None, show_header=False, pad_edge=False)
+            table.add_column("check", no_wrap=True)
+            table.add_column("status", no_wrap=True)
+            table.add_column("detail", overflow="fold")
+            colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+            for k in checks:
+                detail = k.detail + (f"; fix: {k.fix}" if k.status in ("fail", "warn") and k.fix else "")
+                table.add_row(k.name, Text(k.status, style=colour.get(k.status, "")), Text(detail))
+            c.terminal.data(table)
+            c.terminal.verdict(f"doctor: {len(failed)} check(s) failed" if failed else "doctor: ready", bool(failed))
+        if failed:
+            raise typer.Exit(EXIT_FINDINGS)
+
     config_app = typer.Typer(help="Show the resolved configuration.", no_args_is_help=True)
     app.add_typer(config_app, name="config")
 

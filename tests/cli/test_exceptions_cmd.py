@@ -83,6 +83,7 @@ id  type                 sev   owner      records / reason
  3  identifier_conflict  warn  crm        contact:7086, contact:7088
                                           (resolved 2026-11-27) email
                                           a@example.com is on 2 KC holders
+2 open exception(s) at fail severity
 """
 
 
