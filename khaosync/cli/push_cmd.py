@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
         refused: run diff again. Exit 1 when the push raised fail-severity exceptions (records
         refused or read back different), 3 when Ometria failed after retries.
 
-        Example: khaosync push --plan 12 --commit
+        Example: khaosync push --plan p7-20261127-0231 --commit
         """
         from khaosync.connect import Connections
         from khaosync.stages.push import push_plan
@@ -145,7 +145,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def sync(
         ctx: typer.Context,
-        since: Optional[str] = typer.Option(None, help="Pull orders and credit notes changed from this date (YYYY-MM-DD or ISO, UTC); customers and stock follow their bookmarks. Default: the bookmarks."),
+        since: Optional[str] = typer.Option(None, help="Narrows what is read from Khaos Control: orders and credit "
+                                            "notes changed from this date (YYYY-MM-DD or ISO, UTC). Customers and "
+                                            "stock follow their own bookmarks; diff and push still cover every "
+                                            "mapped record. Default: the bookmarks."),
         commit: bool = typer.Option(False, "--commit", help="Push for real. Without it: the same path, nothing sent."),
         entity: Optional[list[str]] = typer.Option(None, "--entity", help="products, contacts or orders (repeatable; default all)."),
         verify: str = typer.Option("sample", help="After pushing, read back: sample, all or none."),
