@@ -130,7 +130,7 @@ def _register_tools(app: typer.Typer) -> None:
         document = Path(wsdl).read_bytes() if wsdl else Connections(c.profile).khaos_client().fetch_wsdl()
         report = discover(document, c.profile.khaos)
         if as_json:
-            c.terminal.json(report.model_dump(mode="json"))
+            c.terminal.json({"sandbox": c.profile.is_sandbox, **report.model_dump(mode="json")})
         else:
             c.terminal.data(discover_table(report))
         wrong = [op.name for op in report.operations if op.status in ("expected_missing", "different_signature")]

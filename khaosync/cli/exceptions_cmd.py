@@ -161,7 +161,7 @@ def register(app: typer.Typer) -> None:
                 write_csv(rows, handle)
             c.terminal.info(f"wrote {len(rows)} exceptions to {csv_path}")
         if as_json:
-            c.terminal.json([as_json_row(r) for r in rows])
+            c.terminal.json({"sandbox": c.profile.is_sandbox, "exceptions": [as_json_row(r) for r in rows]})
         elif csv_path != "-":
             c.terminal.data(exceptions_table(rows))
         failing = sum(1 for r in rows if r.severity == "fail" and r.status == "open")
@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             from khaosync.cli.diff_cmd import exact_json
 
-            sys.stdout.write(exact_json(found.as_dict()) + "\n")
+            sys.stdout.write(exact_json({"sandbox": c.profile.is_sandbox, **found.as_dict()}) + "\n")
             sys.stdout.flush()
         else:
             c.terminal.data(detail_view(found))

@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         mapping = load_mapping([file] if file else c.profile.mappings)
         account = explain(mapping)
         if as_json:
-            c.terminal.json({"valid": True, "sources": list(mapping.sources),
+            c.terminal.json({"sandbox": c.profile.is_sandbox, "valid": True, "sources": list(mapping.sources),
                              "mapping": mapping.model_dump(mode="json", exclude={"sources"}), "explain": account})
             return
         lines = [f"{' + '.join(mapping.sources)}: valid"]

@@ -75,7 +75,7 @@ def init(
         for suffix in ("", "-wal", "-shm"):
             Path(f"{state}{suffix}").unlink(missing_ok=True)
     if as_json:
-        c.terminal.json(manifest)
+        c.terminal.json({"sandbox": True, **manifest})
     else:
         c.terminal.info(f"sandbox planted at {_folder(ctx)} (seed {seed}); clock {manifest.get('clock')}")
         c.terminal.data(_counts_table(manifest))
@@ -99,7 +99,7 @@ def advance(
     except FileNotFoundError as exc:
         raise ConfigError(str(exc)) from None
     if as_json:
-        c.terminal.json(summary)
+        c.terminal.json({"sandbox": True, **summary})
     else:
         changed = summary.get("changed", {})
         c.terminal.info(f"{days} day(s) passed: clock {summary.get('to')}")
@@ -126,7 +126,7 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
         raise ConfigError(f"no sandbox at {folder}: run `khaosync sandbox init` first")
     manifest = load_manifest(folder)
     if as_json:
-        c.terminal.json(manifest)
+        c.terminal.json({"sandbox": True, **manifest})
     else:
         c.terminal.info(f"sandbox at {folder}; clock {manifest.get('clock')}")
         c.terminal.data(_counts_table(manifest))

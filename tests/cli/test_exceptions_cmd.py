@@ -96,7 +96,7 @@ def test_list_at_80_columns_and_exit_1_on_open_fail(runner, register):
 
 def test_list_json_contract_and_filters(runner, register):
     result = runner.invoke(app, ["exceptions", "list", "--json"])
-    rows = json.loads(result.stdout)
+    rows = json.loads(result.stdout)["exceptions"]
     assert [{k: r[k] for k in ("id", "type", "severity", "owner", "status", "stage", "records")} for r in rows] == [
         {"id": 1, "type": "total_mismatch", "severity": "fail", "owner": "finance", "status": "open",
          "stage": "pull", "records": ["sales_order:2042"]},
@@ -108,10 +108,11 @@ def test_list_json_contract_and_filters(runner, register):
     ]
     assert rows[2]["resolved_at"] == "2026-11-27T10:00:00+00:00"
     crm = runner.invoke(app, ["exceptions", "list", "--owner", "crm", "--json"])
-    assert crm.exit_code == 0 and [r["id"] for r in json.loads(crm.stdout)] == [3]
-    opened = json.loads(runner.invoke(app, ["exceptions", "list", "--open", "--json"]).stdout)
+    assert crm.exit_code == 0 and [r["id"] for r in json.loads(crm.stdout)["exceptions"]] == [3]
+    opened = json.loads(runner.invoke(app, ["exceptions", "list", "--open", "--json"]).stdout)["exceptions"]
     assert [r["id"] for r in opened] == [1, 2]
-    typed = json.loads(runner.invoke(app, ["exceptions", "list", "--type", "total_mismatch", "--json"]).stdout)
+    typed = json.loads(runner.invoke(app, ["exceptions", "list", "--type", "total_mismatch", "--json"]).stdout)[
+        "exceptions"]
     assert [r["id"] for r in typed] == [1]
 
 
@@ -168,7 +169,8 @@ records     sales_order:2042
 def test_show_every_record_raw_and_mapped(runner, register):
     result = runner.invoke(app, ["exceptions", "show", "1"])
     assert result.exit_code == 0, result.output
-    [row] = json.loads(runner.invoke(app, ["exceptions", "list", "--type", "total_mismatch", "--json"]).stdout)
+    [row] = json.loads(runner.invoke(app, ["exceptions", "list", "--type", "total_mismatch", "--json"]).stdout)[
+        "exceptions"]
     expected = SHOW.replace("FIRST", row["first_seen"]).replace("LAST", row["last_seen"])
     assert plain(result.stdout) == expected
 

@@ -295,3 +295,32 @@ def test_safe_cell_keeps_numbers_and_neutralises_formulas():
 
     assert [safe_cell(v) for v in ("-12.50", "+3", "1e5", "-", "=1+1", "@x", "\tx", "\rx", "-x", "a=b", None, 4)] == [
         "-12.50", "+3", "1e5", "'-", "'=1+1", "'@x", "'\tx", "'\rx", "'-x", "a=b", None, 4]
+
+
+# Arguments for a --json run that succeeds (or finds something) on the planted workspace.
+JSON_NEEDS = {
+    ("diff",): ["orders"], ("reconcile",): ["--month", "2026-10"], ("exceptions", "show"): ["1"],
+    ("runs", "show"): ["1"], ("sandbox", "advance"): ["--days", "1"], ("plans", "show"): ["PLAN"],
+    ("mappings", "check"): [], ("sandbox", "init"): ["--customers", "25", "--orders", "100", "--force"],
+    ("push",): ["--plan", "PLAN"],
+}
+
+
+def test_every_json_output_says_whether_it_is_the_sandbox(workspace):
+    """Issue 14.10: a machine reader always knows which world the figures are from."""
+    root = typer.main.get_command(app)
+    plan = json.loads(run(["plans", "list", "--json"]).stdout)["plans"][-1]["id"]
+    checked = []
+    for path in leaf_commands():
+        command = dict(walk(root))[path]
+        if not any("--json" in p.opts for p in command.params):
+            continue
+        args = [*path, *(plan if a == "PLAN" else a for a in JSON_NEEDS.get(path, [])), "--json"]
+        result = run(args)
+        assert_clean(result, args, codes=(0, 1))
+        data = json.loads(result.stdout)
+        # config show prints the profile itself, whose `sandbox` is its sandbox section.
+        flag = "sandbox_profile" if path == ("config", "show") else "sandbox"
+        assert isinstance(data, dict) and data.get(flag) is True, (args, str(data)[:200])
+        checked.append(path)
+    assert ("exceptions", "list") in checked and ("doctor",) in checked and len(checked) >= 18

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -63,4 +65,4 @@ def test_unknown_owner_or_type_lists_the_valid_ones(runner, empty_store):
     assert kind.exit_code == 2 and "--type 'refund_gaps': unknown; choose from consent_gap," in kind.stderr
     assert "refund_gap," in kind.stderr
     known = runner.invoke(app, ["exceptions", "list", "--owner", "finance", "--json"])
-    assert known.exit_code == 0 and known.stdout.strip() == "[]"
+    assert known.exit_code == 0 and json.loads(known.stdout) == {"sandbox": True, "exceptions": []}
