@@ -142,6 +142,8 @@ def _check_month(month: str) -> str:
 
 
 def _show(c, result: dict, as_json: bool, csv_dir: str | None) -> None:
+    if c.terminal.masker is not None:
+        result = c.terminal.masker.value(result)  # tables, CSV and JSON alike (--mask-pii)
     if csv_dir:
         from khaosync.report.csv import write_reconciliation
 
@@ -236,6 +238,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout (docs/reconcile.md)."),
         csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help=CSV_HELP),
         rules: Optional[str] = typer.Option(None, "--rules", metavar="FILE", help=RULES_HELP),
+        mask_pii: bool = typer.Option(False, "--mask-pii", help="Replace every email and name the state store has "
+                                      "ever held (same person, same mask)."),
     ) -> None:
         """Prove month by month that ERP, ledger and Ometria agree (with --month).
 
@@ -247,7 +251,7 @@ def register(app: typer.Typer) -> None:
         Example: khaosync reconcile --month 2026-10 --live --csv month-end/
         """
         if ctx.invoked_subcommand is not None:
-            if month or live or as_json or csv_dir or rules:
+            if month or live or as_json or csv_dir or rules or mask_pii:
                 raise typer.BadParameter(f"put options after `{ctx.invoked_subcommand}`, e.g. "
                                          f"khaosync reconcile {ctx.invoked_subcommand} --live --json")
             return
@@ -260,6 +264,10 @@ def register(app: typer.Typer) -> None:
         month = _check_month(month)
         loaded = _rules(rules)
         with c.open_store("reconcile", write=False) as store:
+            if mask_pii:
+                from khaosync.report import masker_for
+
+                c.terminal.masker = masker_for(store)
             client = _live_client(c) if live else None
             try:
                 result = reconcile_month(store, c.profile, month, live_client=client, rules=loaded).as_dict()
@@ -277,6 +285,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout (docs/reconcile.md)."),
         csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help=CSV_HELP),
         rules: Optional[str] = typer.Option(None, "--rules", metavar="FILE", help=RULES_HELP),
+        mask_pii: bool = typer.Option(False, "--mask-pii", help="Replace every email and name the state store has "
+                                      "ever held (same person, same mask)."),
     ) -> None:
         """The weekly customer-attribute check: every ERP contact against Ometria's.
 
@@ -291,6 +301,10 @@ def register(app: typer.Typer) -> None:
         c = app_context(ctx)
         loaded = _rules(rules)
         with c.open_store("reconcile contacts", write=False) as store:
+            if mask_pii:
+                from khaosync.report import masker_for
+
+                c.terminal.masker = masker_for(store)
             client = _live_client(c) if live else None
             try:
                 result = reconcile_contacts(store, c.profile, live_client=client, rules=loaded).as_dict()

@@ -21,6 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 class Terminal:
     def __init__(self, verbosity: int = 0, width: int | None = None):
         self.verbosity = verbosity
+        # --mask-pii: a khaosync.report.mask.Masker for JSON and CSV; commands mask what their
+        # tables show before rendering (a folded cell would split an email), except where
+        # mask_rendered says the rendered text is masked instead (free text, no folded emails).
+        self.masker: Any = None
+        self.mask_rendered = False
         self.err = Console(stderr=True, width=width, highlight=False, soft_wrap=True, markup=False, emoji=False)
         self.out = Console(file=sys.stdout, width=width, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
@@ -73,8 +78,17 @@ class Terminal:
 
     # data, stdout -------------------------------------------------------------------------
     def json(self, data: Any) -> None:
-        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        if self.masker is not None:
+            data = self.masker.value(json.loads(json.dumps(data, default=str)))
+        self.json_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+    def json_text(self, text: str) -> None:
+        """JSON already written (``exact_json``: amounts exactly as held), on stdout."""
+        sys.stdout.write(self._masked(text) + "\n")
         sys.stdout.flush()
+
+    def _masked(self, text: str) -> str:
+        return self.masker.text(text) if self.masker is not None and text else text
 
     @property
     def quiet(self) -> bool:
@@ -96,6 +110,9 @@ class Terminal:
             return
         with self.out.capture() as captured:
             self.out.print(renderable)
-        text = "\n".join(line.rstrip() for line in captured.get().split("\n"))
+        text = captured.get()
+        if self.mask_rendered:
+            text = self._masked(text)
+        text = "\n".join(line.rstrip() for line in text.split("\n"))
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -36,17 +36,20 @@ def safe_cell(value: Any) -> Any:
 
 
 class SafeWriter:
-    """``csv.writer`` whose every cell passes ``safe_cell``."""
+    """``csv.writer`` whose every cell passes ``safe_cell``, and a ``Masker`` first if given
+    (``--mask-pii``)."""
 
-    def __init__(self, handle: TextIO):
+    def __init__(self, handle: TextIO, masker: Any = None):
         self._writer = csv.writer(handle, lineterminator="\n")
+        self._masker = masker
 
     def writerow(self, row: Iterable[Any]) -> None:
-        self._writer.writerow([safe_cell(v) for v in row])
+        cells = [self._masker.value(v) for v in row] if self._masker is not None else list(row)
+        self._writer.writerow([safe_cell(v) for v in cells])
 
 
-def csv_writer(handle: TextIO) -> SafeWriter:
-    return SafeWriter(handle)
+def csv_writer(handle: TextIO, masker: Any = None) -> SafeWriter:
+    return SafeWriter(handle, masker)
 
 
 def _cell(value: object) -> str:
