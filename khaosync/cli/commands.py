@@ -87,7 +87,7 @@ def _register_pull(app: typer.Typer) -> None:
             raise typer.BadParameter("--since and --full exclude each other")
         start = _parse_since(since) if since else None
         with c.open_store("pull") as store:
-            with c.terminal.progress("pulling") as progress:
+            with c.terminal.progress("pull") as progress:
                 result = run_pull(store, c.profile, _pull_source(c, source, path), entities=entity or None,
                                   since=start, full=full, progress=progress)
         summary = {"sandbox": c.profile.is_sandbox, **result.as_dict()}

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
             if name not in ENTITIES:
                 raise typer.BadParameter(f"--entity {name!r}: choose from {', '.join(ENTITIES)}")
         with c.open_store("map") as store:
-            with c.terminal.progress("mapping") as progress:
+            with c.terminal.progress("map") as progress:
                 result = map_records(store, c.profile, entities=entity or None, progress=progress)
         if not any(r.staged or r.skipped_raw for r in result.entities.values()):
             c.terminal.warn("nothing is staged: run `khaosync pull` first")

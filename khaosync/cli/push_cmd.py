@@ -123,7 +123,7 @@ def register(app: typer.Typer) -> None:
             chosen = _chosen_plan(c, store, plan)
             client = Connections(c.profile).ometria_client() if commit else None
             try:
-                with c.terminal.progress("pushing") as progress:
+                with c.terminal.progress("push") as progress:
                     result = push_plan(store, c.profile, client, plan, commit=commit, verify=verify,  # type: ignore[arg-type]
                                        progress=progress, owners=_owners(c))
             finally:
@@ -187,7 +187,7 @@ def register(app: typer.Typer) -> None:
         source = _pull_source(c, "soap", None)
         client = Connections(c.profile).ometria_client() if commit else None
         with c.open_store("sync --commit" if commit else "sync") as store:
-            with c.terminal.progress("sync") as progress:
+            with c.terminal.progress("") as progress:
                 result = run_sync(store, c.profile, source, client, since=start, entities=entity or None,
                                   commit=commit, verify=verify, progress=progress)
             new_fail, open_fail = _fail_counts(store, result.run_id)

@@ -61,7 +61,9 @@ class Terminal:
 
     @contextmanager
     def progress(self, label: str) -> Iterator[Callable[[str, int, int | None], None]]:
-        """A live count on stderr for long stages; silent with -q or when stderr is not a terminal."""
+        """A live count on stderr for long stages, one bar per stage and record type named like
+        ``map products`` (``label`` is the stage; sync's stages name themselves, label ""); silent
+        with -q or when stderr is not a terminal (piped, cron)."""
         if self.verbosity < 0 or not self.err.is_terminal:
             yield lambda name, done, total: None
             return
@@ -71,7 +73,11 @@ class Terminal:
 
             def update(name: str, done: int, total: int | None) -> None:
                 if name not in tasks:
-                    tasks[name] = bar.add_task(f"{label} {name}", total=total)
+                    # Stages run one after the other: a new bar means the others are done, so
+                    # their clocks stop.
+                    for earlier in tasks.values():
+                        bar.stop_task(earlier)
+                    tasks[name] = bar.add_task(f"{label} {name}".strip(), total=total)
                 bar.update(tasks[name], completed=done, total=total)
 
             yield update

@@ -88,6 +88,14 @@ def _merge_plans(store: StateStore, run_id: int, diffs: list[DiffResult]) -> str
     return merged
 
 
+def _named(progress, stage: str):
+    """The stage's progress callback with its name first (``map products``, ``push product``),
+    so one display can tell sync's stages apart."""
+    if progress is None:
+        return None
+    return lambda name, done, total: progress(f"{stage} {name}", done, total)
+
+
 def sync(store: StateStore, profile: Profile, source: Source, client, *, since: datetime | None,
          entities: list[str] | None = None, commit: bool = False, verify: str = "sample",
          progress=None) -> SyncResult:
@@ -102,10 +110,11 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
     try:
         reference = [e for e in kc_entities if e in REFERENCE]
         dated = [e for e in kc_entities if e not in REFERENCE]
-        pulled = pull(store, profile, source, entities=reference, progress=progress, run_id=run_id) if reference \
+        pulled = pull(store, profile, source, entities=reference, progress=_named(progress, "pull"), run_id=run_id) if reference \
             else None
         if dated:
-            more = pull(store, profile, source, entities=dated, since=since, progress=progress, run_id=run_id)
+            more = pull(store, profile, source, entities=dated, since=since, progress=_named(progress, "pull"),
+                        run_id=run_id)
             if pulled is None:
                 pulled = more
             else:
@@ -113,11 +122,11 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
                 pulled.exceptions.update(more.exceptions)
                 pulled.fail_findings += more.fail_findings
         assert pulled is not None
-        mapped = map_records(store, profile, entities=chosen, progress=progress, run_id=run_id)
+        mapped = map_records(store, profile, entities=chosen, progress=_named(progress, "map"), run_id=run_id)
         diffs = diff_all(store, profile, chosen, run_id=run_id)
         plan_id = _merge_plans(store, run_id, diffs)
         pushed = push_plan(store, profile, client if commit else None, plan_id, commit=commit, verify=verify,
-                           progress=progress)
+                           progress=_named(progress, "push"))
         found = dict(store.conn.execute(
             "SELECT type, count(*) FROM exception WHERE first_run >= ? GROUP BY type ORDER BY type", (run_id,)))
         result = SyncResult(profile.is_sandbox, commit, run_id, pulled, mapped, diffs, plan_id, pushed, found)
