@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
 from khaosync.cli.context import app_context
@@ -24,23 +25,28 @@ def _fail_counts(store, run_id: int) -> tuple[int, int]:
     return new, open_
 
 
+PUSH_ROWS = (("new", "new"), ("changed", "changed"), ("void", "void"), ("to send", "pending"))
+COMMIT_ROWS = (("sent", "sent"), ("accepted", "accepted"), ("rejected", "rejected"),
+               ("failed later", "failed_later"), ("verified", "verified"), ("mismatched", "mismatched"))
+
+
 def push_table(result) -> Table:  # result: khaosync.stages.push.PushResult
-    """The plan by type and change, and (with --commit) what this run sent and Ometria made of it."""
+    """The plan by change, and (with --commit) what this run sent and Ometria made of it: one row
+    per measure, one column per record type, so it fits 80 columns however many measures."""
     title = f"plan {result.plan_id} ({result.plan_status})" + ("" if result.committed else ": dry run, nothing sent")
-    table = Table(title=title, title_justify="left")
-    columns = ["type", "new", "changed", "void", "to send"]
-    if result.committed:
-        columns += ["sent", "accepted", "rejected", "failed later", "verified", "mismatched"]
-    for col in columns:
-        table.add_column(col, justify="left" if col == "type" else "right")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  header_style="bold")
     data = result.as_dict()
-    for type_ in data["sent"]:
-        changes = result.summary.get(type_, {})
-        row = [type_, *(str(changes.get(c, 0)) for c in ("new", "changed", "void")), str(data["pending"][type_])]
-        if result.committed:
-            row += [str(data[k][type_]) for k in ("sent", "accepted", "rejected", "failed_later", "verified",
-                                                   "mismatched")]
-        table.add_row(*row)
+    types = list(data["sent"])
+    table.add_column("", no_wrap=True)
+    for type_ in types:
+        table.add_column(type_, justify="right", no_wrap=True)
+    for label, key in PUSH_ROWS + (COMMIT_ROWS if result.committed else ()):
+        if key in ("new", "changed", "void"):
+            values = [result.summary.get(t, {}).get(key, 0) for t in types]
+        else:
+            values = [data[key][t] for t in types]
+        table.add_row(label, *(str(v) for v in values))
     return table
 
 

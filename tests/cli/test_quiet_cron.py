@@ -74,3 +74,16 @@ def test_quiet_commands_print_one_verdict_line_when_they_fail(runner, command):
         assert len(result.stderr.splitlines()) == 1, result.stderr
     else:
         assert result.exit_code == 0 and result.stderr == ""
+
+
+def test_the_committed_push_table_fits_80_columns(runner):
+    runner.invoke(app, ["sync"])
+    plan = json.loads(runner.invoke(app, ["plans", "list", "--open", "--json"]).stdout)["default"]
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(app, ["push", "--plan", plan, "--commit", "--verify", "none"])
+    assert result.exit_code in (0, 1), result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"plan {plan} (pushed)"
+    assert lines[1].split() == ["product", "contact", "order"]
+    assert [line.split()[0] for line in lines[3:]] == ["new", "changed", "void", "to", "sent", "accepted", "rejected",
+                                                        "failed", "verified", "mismatched"]
+    assert max(len(line) for line in lines) <= 80 and all(line == line.rstrip() for line in lines)
