@@ -90,8 +90,7 @@ def plan_lines(result) -> list[str]:
         line += f" (supersedes {len(result.superseded)} older plans)"
     lines = [line]
     if result.keys:
-        lines.append(f"narrowed by --key: a partial plan; push sends it only when named (--plan {result.plan_id}), "
-                     "and it supersedes no full review")
+        lines.append("partial plan (--key): push sends it only when named; it supersedes nothing")
     if result.planned:
         lines.append(f"push it with: khaosync push --plan {result.plan_id} --commit")
     return lines
@@ -106,7 +105,7 @@ def changes_table(result) -> Table:
                   header_style="bold")
     table.add_column("key", overflow="fold")
     table.add_column("change", overflow="fold")
-    table.add_column("field", overflow="fold")
+    table.add_column("field", no_wrap=True)  # a path is one token: never broken (issue 14.7)
     table.add_column("before", overflow="fold")
     table.add_column("after", overflow="fold")
     for record in result.records:
