@@ -148,6 +148,8 @@ def register(app: typer.Typer) -> None:
         owner: Optional[str] = typer.Option(None, help="Only this owner (ecommerce, crm, finance, ...)."),
         type_: Optional[str] = typer.Option(None, "--type", help="Only this exception type."),
         open_only: bool = typer.Option(False, "--open", help="Only open exceptions."),
+        every_stage: bool = typer.Option(False, "--every-stage", help="One row per stage that raised a finding "
+                                         "(default: one per cause, stages joined as pull+map)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
         csv_path: Optional[str] = typer.Option(None, "--csv", metavar="FILE",
                                                help="The list as CSV to FILE ('-' for stdout)."),
@@ -162,7 +164,7 @@ def register(app: typer.Typer) -> None:
         with c.open_store("exceptions list", write=False) as store:
             _check_filter(store, "owner", owner)
             _check_filter(store, "type", type_)
-            rows = store.exceptions(open_only=open_only, owner=owner, type=type_)
+            rows = store.exceptions(open_only=open_only, owner=owner, type=type_, distinct=not every_stage)
             if mask_pii:
                 _mask(c, store)
                 rows = [replace(r, reason=c.terminal.masker.text(r.reason), detail=c.terminal.masker.value(r.detail))

@@ -85,7 +85,7 @@ def open_exceptions(store: StateStore, now: datetime | None = None) -> list[dict
     """One row per owner and type: how many are open, the oldest, the records, an example reason."""
     now = now or datetime.now(UTC)
     grouped: dict[tuple[str, str], list[Any]] = defaultdict(list)
-    for row in store.exceptions(open_only=True):
+    for row in store.exceptions(open_only=True, distinct=True):  # one cause, counted once (issue 14.3)
         grouped[(row.owner, row.type)].append(row)
     out = []
     for (owner, type_), rows in sorted(grouped.items()):

@@ -194,3 +194,31 @@ def test_show_json_and_ometria_only_records(runner, register):
 def test_show_an_unknown_id_is_a_usage_error(runner, register):
     result = runner.invoke(app, ["exceptions", "show", "99"])
     assert result.exit_code == 2 and "no exception 99" in result.stderr
+
+
+def test_one_cause_is_one_row_across_stages(runner, tmp_path):
+    """Issue 14.3: pull and map both find order 2042's total wrong: the register, health and the
+    report count it once; --every-stage shows both rows."""
+    with open_store(tmp_path / STATE) as store:
+        run = store.start_run("sync", "sandbox")
+        for stage, severity in (("pull", "warn"), ("map", "fail")):
+            store.record_exception(run_id=run, type="total_mismatch", severity=severity, owner="finance",
+                                   stage=stage, reason=f"{stage}: lines give 10.00, KC says 10.01",
+                                   records=["sales_order:2042"], entity="sales_order")
+        store.record_exception(run_id=run, type="total_mismatch", severity="fail", owner="finance", stage="pull",
+                               reason="another order", records=["sales_order:2043"], entity="sales_order")
+    listed = json.loads(runner.invoke(app, ["exceptions", "list", "--json"]).stdout)["exceptions"]
+    assert [(r["id"], r["stage"], r["severity"], r["records"]) for r in listed] == [
+        (1, "pull+map", "fail", ["sales_order:2042"]), (3, "pull", "fail", ["sales_order:2043"])]
+    assert listed[0]["reason"] == "pull: lines give 10.00, KC says 10.01"
+    every = json.loads(runner.invoke(app, ["exceptions", "list", "--every-stage", "--json"]).stdout)["exceptions"]
+    assert [r["stage"] for r in every] == ["pull", "map", "pull"]
+    health = json.loads(runner.invoke(app, ["health", "--no-detect", "--json"]).stdout)
+    [finance] = [c for c in health["checks"] if c["name"] == "exceptions:finance"]
+    assert finance["data"]["open"] == 2 and finance["data"]["fail_severity"] == 2
+    from khaosync.report import open_exceptions
+
+    with open_store(tmp_path / STATE, write=False) as store:
+        [row] = open_exceptions(store)
+    assert (row["owner"], row["type"], row["open"], row["records"]) == (
+        "finance", "total_mismatch", 2, "sales_order:2042, sales_order:2043")
