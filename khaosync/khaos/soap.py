@@ -38,11 +38,11 @@ from defusedxml import DefusedXmlException
 
 from khaosync.config import KhaosSettings
 from khaosync.errors import ConfigError
-from khaosync.scrub import scrub
 from khaosync.khaos.convert import NO_DATE, to_kc_bool, to_kc_list, utc_to_kc_datetime
 from khaosync.khaos.errors import (
     KhaosBadResponseError, KhaosConnectionError, KhaosError, KhaosHttpError, KhaosTimeoutError, SoapFaultError,
 )
+from khaosync.scrub import scrub
 
 log = logging.getLogger(__name__)
 
