@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from khaosync.errors import ConfigError
-from khaosync.yaml_files import describe, read_yaml
+from khaosync.yaml_files import describe, read_text_file, read_yaml
 
 DEFAULT_CONFIG_FILE = "khaosync.yaml"
 DEFAULT_STATE_PATH = ".khaosync/state.db"
@@ -32,7 +32,9 @@ SANDBOX_OMETRIA_URL = "https://sandbox.khaosync.invalid/ometria/v2"
 def is_loopback(host: str | None) -> bool:
     if not host:
         return False
-    if host == "localhost" or host.endswith(".localhost"):
+    # Only ``localhost`` itself and literal loopback addresses: a name under .localhost may be
+    # resolved by any DNS server (api.ometria.com.localhost), so it is not a promise (issue 11.12).
+    if host.lower().rstrip(".") == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -223,7 +225,7 @@ def load_profile(config_path: str | Path | None = None, state: str | None = None
         path = Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None
     if path is None:
         return sandbox_profile(state=state)
-    raw = read_yaml(path.read_text(encoding="utf-8"), str(path))
+    raw = read_yaml(read_text_file(path, "config file"), str(path))
     if "mode" not in raw:
         raise ConfigError(f"{path}: mode: required (sandbox or live); a real profile is always chosen explicitly")
     raw = dict(raw)

@@ -44,3 +44,13 @@ def minor_units(currency: str) -> int:
 def penny(currency: str) -> Decimal:
     """The currency's smallest unit: ``Decimal("0.01")`` for GBP, ``Decimal("1")`` for JPY."""
     return Decimal(1).scaleb(-minor_units(currency))
+
+
+def money_text(value: Decimal, currency: str | None) -> str:
+    """An amount as people read money: at least the currency's decimals (``903.60``, ``0.00``,
+    ``JPY 1200``), never fewer, and never rounded (an amount with more places keeps them)."""
+    places = minor_units(currency) if currency else 2
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent > -places:
+        value = value.quantize(Decimal(1).scaleb(-places))
+    return format(value, "f")

@@ -82,6 +82,8 @@ def test_api_key_from_environment(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("url", [
     "http://api.ometria.com/v2", "http://10.0.0.5:8084/LiveSoap/KhaosKSD.exe/soap/IKosWeb", "http://kc.local/x",
+    # Issue 11.12: a name under .localhost is whatever DNS says it is; only localhost itself counts.
+    "http://api.ometria.com.localhost/v2", "http://evil.localhost:8700/x", "http://127.0.0.1.nip.io/x",
 ])
 def test_plain_http_refused_off_loopback(url):
     with pytest.raises(ValueError, match="plain http:// is refused"):
@@ -89,7 +91,7 @@ def test_plain_http_refused_off_loopback(url):
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8700/ometria/v2", "http://localhost:1/x", "http://[::1]:8/x",
-                                 "https://kc.example.com/x"])
+                                 "http://LOCALHOST:1/x", "http://127.10.0.3/x", "https://kc.example.com/x"])
 def test_loopback_and_https_allowed(url):
     assert check_url(url, "test") == url
 

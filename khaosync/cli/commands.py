@@ -7,17 +7,17 @@ from typing import Optional
 import typer
 
 from khaosync.cli.context import app_context
-from khaosync.errors import EXIT_FINDINGS
+from khaosync.errors import EXIT_FINDINGS, ConfigError
+
+# The file names khaosync.khaos.files.ExportFolder reads (docs/pull.md).
+EXPORT_PATTERNS = ("companies*.xml", "customers*.csv", "customers*.tsv", "stock*.xml", "sales_orders*.xml",
+                   "order_status*.xml", "credit_notes*.csv", "credit_notes*.tsv")
 
 
 def _parse_since(text: str):
-    from datetime import datetime, timezone
+    from khaosync.cli.options import parse_since
 
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"--since {text!r}: expected YYYY-MM-DD or an ISO datetime") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return parse_since(text)
 
 
 def _pull_source(c, source: str, path: str | None):
@@ -32,7 +32,11 @@ def _pull_source(c, source: str, path: str | None):
             raise typer.BadParameter("--source files needs --path FOLDER")
         if not Path(path).is_dir():
             raise typer.BadParameter(f"--path {path}: not a folder")
-        return FileSource(Path(path))
+        found = FileSource(Path(path))
+        if not found.export.files(*EXPORT_PATTERNS):
+            raise ConfigError(f"--path {path}: no exports found (KC export files are named "
+                              f"{', '.join(EXPORT_PATTERNS)}; docs/pull.md)")
+        return found
     if source != "soap":
         raise typer.BadParameter(f"--source {source!r}: choose soap or files")
     notes = connections.credit_notes_folder()
@@ -41,7 +45,7 @@ def _pull_source(c, source: str, path: str | None):
 
 def register(app: typer.Typer) -> None:
     """Every command, in the order ``--help`` lists them. One module per command group."""
-    from khaosync.cli import diff_cmd, exceptions_cmd, map_cmd, push_cmd, reconcile_cmd
+    from khaosync.cli import diff_cmd, exceptions_cmd, history_cmd, map_cmd, push_cmd, reconcile_cmd
 
     _register_pull(app)
     map_cmd.register(app)
@@ -49,6 +53,7 @@ def register(app: typer.Typer) -> None:
     push_cmd.register(app)
     reconcile_cmd.register(app)
     exceptions_cmd.register(app)
+    history_cmd.register(app)
     _register_tools(app)
 
 
@@ -82,7 +87,7 @@ def _register_pull(app: typer.Typer) -> None:
             raise typer.BadParameter("--since and --full exclude each other")
         start = _parse_since(since) if since else None
         with c.open_store("pull") as store:
-            with c.terminal.progress("pulling") as progress:
+            with c.terminal.progress("pull") as progress:
                 result = run_pull(store, c.profile, _pull_source(c, source, path), entities=entity or None,
                                   since=start, full=full, progress=progress)
         summary = {"sandbox": c.profile.is_sandbox, **result.as_dict()}
@@ -91,6 +96,9 @@ def _register_pull(app: typer.Typer) -> None:
         else:
             c.terminal.data(pull_table(result))
         if result.fail_findings:
+            if not as_json:
+                c.terminal.verdict(f"pull: {result.fail_findings} finding(s) at fail severity: "
+                                   "khaosync exceptions list --open", failed=True)
             raise typer.Exit(EXIT_FINDINGS)
 
 
@@ -122,10 +130,76 @@ def _register_tools(app: typer.Typer) -> None:
         document = Path(wsdl).read_bytes() if wsdl else Connections(c.profile).khaos_client().fetch_wsdl()
         report = discover(document, c.profile.khaos)
         if as_json:
-            c.terminal.json(report.model_dump(mode="json"))
+            c.terminal.json({"sandbox": c.profile.is_sandbox, **report.model_dump(mode="json")})
         else:
             c.terminal.data(discover_table(report))
-        if any(op.status in ("expected_missing", "different_signature") for op in report.operations):
+        wrong = [op.name for op in report.operations if op.status in ("expected_missing", "different_signature")]
+        if wrong:
+            if not as_json:
+                c.terminal.verdict(f"discover: {len(wrong)} operation(s) khaosync needs are missing or different: "
+                                   f"{', '.join(wrong)}", failed=True)
+            raise typer.Exit(EXIT_FINDINGS)
+
+    @app.command("init")
+    def init(
+        ctx: typer.Context,
+        path: str = typer.Option("khaosync.yaml", "--path", metavar="FILE", help="Where to write it."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing file."),
+    ) -> None:
+        """Write a commented khaosync.yaml for a live site: every key, its default, what it does.
+
+        Asks nothing: replace the two URLs, set OMETRIA_API_KEY, then run khaosync doctor.
+
+        Example: khaosync init && khaosync doctor
+        """
+        from pathlib import Path
+
+        from khaosync.config_init import template
+
+        c = app_context(ctx)
+        target = Path(path)
+        if target.exists() and not force:
+            raise ConfigError(f"{target} exists: keep it, or replace it with --force")
+        if target.is_dir():
+            raise ConfigError(f"{target} is a folder: give a file name")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(template(), encoding="utf-8")
+        c.terminal.info(f"wrote {target}: set khaos.soap_url and the Ometria key, then run: khaosync doctor")
+
+    @app.command("doctor")
+    def doctor(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="The checks as JSON on stdout.")) -> None:
+        """Check the installation: config, Ometria key and connection, the KC WSDL, the state store.
+
+        One line per check, with what to do when it fails. Reads only (one Ometria request,
+        one WSDL fetch). Exit 1 when a check fails.
+
+        Example: khaosync --config site.yaml doctor
+        """
+        from rich.table import Table
+        from rich.text import Text
+
+        from khaosync.doctor import run_checks
+
+        c = app_context(ctx)
+        profile, checks = run_checks(c.config_path, c.state_override)
+        if profile is not None:
+            c.terminal.banner(profile.is_sandbox, profile.name)
+        failed = [k for k in checks if k.status == "fail"]
+        if as_json:
+            c.terminal.json({"sandbox": profile.is_sandbox if profile else None,
+                             "checks": [k.as_dict() for k in checks], "ok": not failed})
+        else:
+            table = Table(box=None, show_header=False, pad_edge=False)
+            table.add_column("check", no_wrap=True)
+            table.add_column("status", no_wrap=True)
+            table.add_column("detail", overflow="fold")
+            colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+            for k in checks:
+                detail = k.detail + (f"; fix: {k.fix}" if k.status in ("fail", "warn") and k.fix else "")
+                table.add_row(k.name, Text(k.status, style=colour.get(k.status, "")), Text(detail))
+            c.terminal.data(table)
+            c.terminal.verdict(f"doctor: {len(failed)} check(s) failed" if failed else "doctor: ready", bool(failed))
+        if failed:
             raise typer.Exit(EXIT_FINDINGS)
 
     config_app = typer.Typer(help="Show the resolved configuration.", no_args_is_help=True)

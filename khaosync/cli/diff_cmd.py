@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from decimal import Decimal
@@ -15,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from khaosync.cli.context import app_context
+from khaosync.report.csv import csv_writer
 from khaosync.errors import EXIT_FINDINGS
 
 ENTITY_CHOICES = ("contacts", "orders", "products")
@@ -89,6 +89,8 @@ def plan_lines(result) -> list[str]:
     elif result.superseded:
         line += f" (supersedes {len(result.superseded)} older plans)"
     lines = [line]
+    if result.keys:
+        lines.append("partial plan (--key): push sends it only when named; it supersedes nothing")
     if result.planned:
         lines.append(f"push it with: khaosync push --plan {result.plan_id} --commit")
     return lines
@@ -103,7 +105,7 @@ def changes_table(result) -> Table:
                   header_style="bold")
     table.add_column("key", overflow="fold")
     table.add_column("change", overflow="fold")
-    table.add_column("field", overflow="fold")
+    table.add_column("field", no_wrap=True)  # a path is one token: never broken (issue 14.7)
     table.add_column("before", overflow="fold")
     table.add_column("after", overflow="fold")
     for record in result.records:
@@ -147,8 +149,8 @@ def csv_value(value: Any) -> str:
     return cell(value)
 
 
-def write_csv(result, target) -> None:
-    writer = csv.writer(target, lineterminator="\n")
+def write_csv(result, target, masker=None) -> None:
+    writer = csv_writer(target, masker)
     writer.writerow(CSV_COLUMNS)
     for record in result.records:
         if not record.fields:
@@ -156,6 +158,19 @@ def write_csv(result, target) -> None:
         for path, change in record.fields.items():
             writer.writerow((record.type, record.key, record.change, path, csv_value(change.before),
                              csv_value(change.after), record.reason or ""))
+
+
+def mask_diff(result, masker) -> None:
+    """--mask-pii: every value, reason and finding of the diff, masked before it is rendered."""
+    from dataclasses import replace
+
+    from khaosync.stages.diff import FieldChange
+
+    for record in result.records:
+        record.fields = {path: FieldChange(masker.value(ch.before), masker.value(ch.after))
+                         for path, ch in record.fields.items()}
+        record.reason = masker.text(record.reason)
+    result.findings = [replace(f, reason=masker.text(f.reason), detail=masker.value(f.detail)) for f in result.findings]
 
 
 def _open_fail_exceptions(store) -> int:
@@ -178,6 +193,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="The diff as JSON on stdout (docs/diff.md)."),
         csv_path: Optional[str] = typer.Option(None, "--csv", metavar="FILE",
                                                help="One row per changed field to FILE ('-' for stdout)."),
+        mask_pii: bool = typer.Option(False, "--mask-pii", help="Replace every email and name the state store has "
+                                      "ever held (same person, same mask)."),
     ) -> None:
         """Show what would change in Ometria, record by record, and write a plan for push.
 
@@ -201,23 +218,32 @@ def register(app: typer.Typer) -> None:
                 if client is not None:
                     client.close()
             open_fail = _open_fail_exceptions(store)
+            if mask_pii:
+                from khaosync.report import masker_for
+
+                c.terminal.masker = masker_for(store)
+                mask_diff(result, c.terminal.masker)
         if not any(result.counts.values()) and not key:
             c.terminal.warn(f"no outbound {entity}, nothing in the ledger: run `khaosync map`")
         if csv_path:
             if csv_path == "-":
-                write_csv(result, sys.stdout)
+                write_csv(result, sys.stdout, c.terminal.masker)
             else:
                 with open(csv_path, "w", newline="", encoding="utf-8") as handle:
-                    write_csv(result, handle)
+                    write_csv(result, handle, c.terminal.masker)
                 c.terminal.info(f"wrote {len(result.records)} records to {csv_path}")
         if as_json:
             data = {"sandbox": c.profile.is_sandbox, **result.as_dict(), "open_fail_exceptions": open_fail}
-            sys.stdout.write(exact_json(data) + "\n")
-            sys.stdout.flush()
+            c.terminal.json_text(exact_json(data))
         elif csv_path != "-":
             c.terminal.data(human(result))
         if open_fail:
-            c.terminal.info(f"{open_fail} open exception(s) at fail severity: khaosync exceptions list --open")
+            line = f"{open_fail} open exception(s) at fail severity: khaosync exceptions list --open"
+            if c.terminal.quiet:
+                if not as_json:
+                    c.terminal.verdict(line, failed=True)
+            else:
+                c.terminal.info(line)
             raise typer.Exit(EXIT_FINDINGS)
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import sys
+from dataclasses import replace
 from typing import Any, Optional
 
 import typer
@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from khaosync.cli.context import app_context
+from khaosync.report.csv import csv_writer
 from khaosync.errors import EXIT_FINDINGS, ConfigError
 
 LIST_COLUMNS = ("id", "type", "severity", "owner", "status", "stage", "records", "reason", "first_seen", "last_seen",
@@ -67,8 +68,8 @@ def as_json_row(r) -> dict:
             "last_seen": r.last_seen, "resolved_at": r.resolved_at}
 
 
-def write_csv(rows, target) -> None:
-    writer = csv.writer(target, lineterminator="\n")
+def write_csv(rows, target, masker=None) -> None:
+    writer = csv_writer(target, masker)
     writer.writerow(LIST_COLUMNS)
     for r in rows:
         data = as_json_row(r)
@@ -119,6 +120,24 @@ def detail_view(found) -> Group:
     return Group(*parts)
 
 
+def _mask(c, store) -> None:
+    from khaosync.report import masker_for
+
+    c.terminal.masker = masker_for(store)
+
+
+def _check_filter(store, column: str, value: str | None) -> None:
+    """An unknown --owner or --type is a typo, not an empty register: say which values exist."""
+    if value is None:
+        return
+    from khaosync.findings import TYPES
+
+    known = {t.name if column == "type" else t.owner for t in TYPES.values()}
+    known |= {r[0] for r in store.conn.execute(f"SELECT DISTINCT {column} FROM exception")}  # noqa: S608 - fixed names
+    if value not in known:
+        raise ConfigError(f"--{column} {value!r}: unknown; choose from {', '.join(sorted(known))}")
+
+
 def register(app: typer.Typer) -> None:
     exceptions_app = typer.Typer(help="The exceptions register: every finding, typed and owned.", no_args_is_help=True)
     app.add_typer(exceptions_app, name="exceptions")
@@ -129,9 +148,13 @@ def register(app: typer.Typer) -> None:
         owner: Optional[str] = typer.Option(None, help="Only this owner (ecommerce, crm, finance, ...)."),
         type_: Optional[str] = typer.Option(None, "--type", help="Only this exception type."),
         open_only: bool = typer.Option(False, "--open", help="Only open exceptions."),
+        every_stage: bool = typer.Option(False, "--every-stage", help="One row per stage that raised a finding "
+                                         "(default: one per cause, stages joined as pull+map)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
         csv_path: Optional[str] = typer.Option(None, "--csv", metavar="FILE",
                                                help="The list as CSV to FILE ('-' for stdout)."),
+        mask_pii: bool = typer.Option(False, "--mask-pii", help="Replace every email and name the state store has "
+                                      "ever held (same person, same mask)."),
     ) -> None:
         """List exceptions. Exit 1 when one listed is open at fail severity.
 
@@ -139,18 +162,27 @@ def register(app: typer.Typer) -> None:
         """
         c = app_context(ctx)
         with c.open_store("exceptions list", write=False) as store:
-            rows = store.exceptions(open_only=open_only, owner=owner, type=type_)
+            _check_filter(store, "owner", owner)
+            _check_filter(store, "type", type_)
+            rows = store.exceptions(open_only=open_only, owner=owner, type=type_, distinct=not every_stage)
+            if mask_pii:
+                _mask(c, store)
+                rows = [replace(r, reason=c.terminal.masker.text(r.reason), detail=c.terminal.masker.value(r.detail))
+                        for r in rows]
         if csv_path == "-":
-            write_csv(rows, sys.stdout)
+            write_csv(rows, sys.stdout, c.terminal.masker)
         elif csv_path:
             with open(csv_path, "w", newline="", encoding="utf-8") as handle:
-                write_csv(rows, handle)
+                write_csv(rows, handle, c.terminal.masker)
             c.terminal.info(f"wrote {len(rows)} exceptions to {csv_path}")
         if as_json:
-            c.terminal.json([as_json_row(r) for r in rows])
+            c.terminal.json({"sandbox": c.profile.is_sandbox, "exceptions": [as_json_row(r) for r in rows]})
         elif csv_path != "-":
             c.terminal.data(exceptions_table(rows))
-        if any(r.severity == "fail" and r.status == "open" for r in rows):
+        failing = sum(1 for r in rows if r.severity == "fail" and r.status == "open")
+        if failing:
+            if not as_json and csv_path != "-":
+                c.terminal.verdict(f"{failing} open exception(s) at fail severity", failed=True)
             raise typer.Exit(EXIT_FINDINGS)
 
     @exceptions_app.command("show")
@@ -158,6 +190,8 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         exception_id: int = typer.Argument(..., metavar="ID", help="The exception's id (exceptions list)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+        mask_pii: bool = typer.Option(False, "--mask-pii", help="Replace every email and name the state store has "
+                                      "ever held (same person, same mask)."),
     ) -> None:
         """Show one exception: every record involved, raw (as the ERP sent it) and mapped (as
         khaosync would send it, and as Ometria accepted it), the rule that fired, first and last
@@ -169,13 +203,16 @@ def register(app: typer.Typer) -> None:
 
         c = app_context(ctx)
         with c.open_store("exceptions show", write=False) as store:
-            found = show_exception(store.conn, exception_id)
+            # SQLite ids are 64-bit: a larger number names no exception (and would not bind).
+            found = show_exception(store.conn, exception_id) if 0 < exception_id < 2**63 else None
+            if mask_pii:
+                _mask(c, store)
+                c.terminal.mask_rendered = True  # raw documents and reasons: free text
         if found is None:
             raise ConfigError(f"no exception {exception_id}: see khaosync exceptions list")
         if as_json:
             from khaosync.cli.diff_cmd import exact_json
 
-            sys.stdout.write(exact_json(found.as_dict()) + "\n")
-            sys.stdout.flush()
+            c.terminal.json_text(exact_json({"sandbox": c.profile.is_sandbox, **found.as_dict()}))
         else:
             c.terminal.data(detail_view(found))

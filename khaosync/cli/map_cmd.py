@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
             if name not in ENTITIES:
                 raise typer.BadParameter(f"--entity {name!r}: choose from {', '.join(ENTITIES)}")
         with c.open_store("map") as store:
-            with c.terminal.progress("mapping") as progress:
+            with c.terminal.progress("map") as progress:
                 result = map_records(store, c.profile, entities=entity or None, progress=progress)
         if not any(r.staged or r.skipped_raw for r in result.entities.values()):
             c.terminal.warn("nothing is staged: run `khaosync pull` first")
@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
         else:
             c.terminal.data(map_table(result))
         if result.fail_findings:
+            if not as_json:
+                c.terminal.verdict(f"map: {result.fail_findings} finding(s) at fail severity: "
+                                   "khaosync exceptions list --open", failed=True)
             raise typer.Exit(EXIT_FINDINGS)
 
     mappings_app = typer.Typer(help="Mapping files: validate one and see what it would do.", no_args_is_help=True)
@@ -79,7 +82,7 @@ def register(app: typer.Typer) -> None:
         mapping = load_mapping([file] if file else c.profile.mappings)
         account = explain(mapping)
         if as_json:
-            c.terminal.json({"valid": True, "sources": list(mapping.sources),
+            c.terminal.json({"sandbox": c.profile.is_sandbox, "valid": True, "sources": list(mapping.sources),
                              "mapping": mapping.model_dump(mode="json", exclude={"sources"}), "explain": account})
             return
         lines = [f"{' + '.join(mapping.sources)}: valid"]

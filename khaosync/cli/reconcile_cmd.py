@@ -12,9 +12,12 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from khaosync.cli.context import app_context
-from khaosync.errors import EXIT_FINDINGS
+from khaosync.errors import EXIT_FINDINGS, ConfigError
+
+from khaosync.cli.options import FIRST_YEAR, LAST_YEAR
 
 RECORDS_SHOWN = 40  # rows of the human records table; --json and --csv give them all
 
@@ -26,9 +29,8 @@ CSV_HELP = "Also write each table as a CSV file in this folder (for finance's sp
 # -- rendering (80 columns) ------------------------------------------------------------------
 
 
-def _status(text: str) -> str:
-    colour = {"ok": "green", "warn": "yellow", "fail": "red"}.get(text)
-    return f"[{colour}]{text}[/{colour}]" if colour else text
+def _status(text: str) -> Text:
+    return Text(text, style={"ok": "green", "warn": "yellow", "fail": "red"}.get(text, ""))
 
 
 def _value(value) -> str:
@@ -62,7 +64,7 @@ def records_tables(records: list[dict], limit: int = RECORDS_SHOWN) -> list[Tabl
         groups.setdefault((r["issue"], r["severity"], r["owner"]), []).append(r)
     tables = []
     for (issue, severity, owner), rows in groups.items():
-        table = Table(title=f"{issue}: {_status(severity)}, owner {owner}", title_justify="left", box=None,
+        table = Table(title=Text.assemble(f"{issue}: ", _status(severity), f", owner {owner}"), title_justify="left", box=None,
                       header_style="bold underline", pad_edge=False)
         table.add_column("record", no_wrap=True)
         table.add_column("ERP", overflow="fold", max_width=20)
@@ -131,12 +133,17 @@ def _check_month(month: str) -> str:
     from khaosync.stages.reconcile import check_month
 
     try:
-        return check_month(month)
+        month = check_month(month)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--month") from None
+    if not FIRST_YEAR <= int(month[:4]) <= LAST_YEAR:
+        raise typer.BadParameter(f"month {month!r}: the year must be {FIRST_YEAR} to {LAST_YEAR}", param_hint="--month")
+    return month
 
 
 def _show(c, result: dict, as_json: bool, csv_dir: str | None) -> None:
+    if c.terminal.masker is not None:
+        result = c.terminal.masker.value(result)  # tables, CSV and JSON alike (--mask-pii)
     if csv_dir:
         from khaosync.report.csv import write_reconciliation
 
@@ -155,12 +162,37 @@ def _show(c, result: dict, as_json: bool, csv_dir: str | None) -> None:
         c.terminal.data(textwrap.fill(footer, width=79))
     for note in result.get("notes", []):
         c.terminal.warn(note)
-    c.terminal.data(_verdict(result))
+    if not _empty(result):  # an empty reconciliation gets an error line instead (_refuse_empty)
+        c.terminal.verdict(_verdict(result), failed=result["status"] == "fail")
 
 
 def _exit_for(status: str) -> None:
     if status == "fail":
         raise typer.Exit(EXIT_FINDINGS)
+
+
+def _refuse_empty(result: dict) -> None:
+    """A reconciliation of nothing proves nothing: no records on any side is "no data", exit 2,
+    never an OK a month-end checklist could tick (issue 14.4)."""
+    message = _empty(result)
+    if message:
+        raise ConfigError(message)
+
+
+def _empty(result: dict) -> str | None:
+    counts = result.get("counts", {})
+    if result.get("kind") == "orders":
+        sides = {"ERP": counts.get("erp_orders", 0), "ledger": counts.get("ledger_orders", 0)}
+        if result.get("live"):
+            sides["Ometria"] = counts.get("ometria_orders", 0)
+        what = f"reconcile {result['month']}: no orders"
+    else:
+        sides = {"ERP": counts.get("erp_contacts", 0), "Ometria": counts.get("ometria_contacts", 0)}
+        what = "reconcile contacts: no contacts"
+    if any(sides.values()):
+        return None
+    return (f"no data: {what} on any side ({', '.join(sides)}); nothing was proven. "
+            "Is this the right --state, and has `khaosync pull` run for this period?")
 
 
 def _run_detectors(store, profile, client, rules) -> None:
@@ -206,6 +238,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout (docs/reconcile.md)."),
         csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help=CSV_HELP),
         rules: Optional[str] = typer.Option(None, "--rules", metavar="FILE", help=RULES_HELP),
+        mask_pii: bool = typer.Option(False, "--mask-pii", help="Replace every email and name the state store has "
+                                      "ever held (same person, same mask)."),
     ) -> None:
         """Prove month by month that ERP, ledger and Ometria agree (with --month).
 
@@ -217,7 +251,7 @@ def register(app: typer.Typer) -> None:
         Example: khaosync reconcile --month 2026-10 --live --csv month-end/
         """
         if ctx.invoked_subcommand is not None:
-            if month or live or as_json or csv_dir or rules:
+            if month or live or as_json or csv_dir or rules or mask_pii:
                 raise typer.BadParameter(f"put options after `{ctx.invoked_subcommand}`, e.g. "
                                          f"khaosync reconcile {ctx.invoked_subcommand} --live --json")
             return
@@ -230,6 +264,10 @@ def register(app: typer.Typer) -> None:
         month = _check_month(month)
         loaded = _rules(rules)
         with c.open_store("reconcile", write=False) as store:
+            if mask_pii:
+                from khaosync.report import masker_for
+
+                c.terminal.masker = masker_for(store)
             client = _live_client(c) if live else None
             try:
                 result = reconcile_month(store, c.profile, month, live_client=client, rules=loaded).as_dict()
@@ -237,6 +275,7 @@ def register(app: typer.Typer) -> None:
                 if client is not None:
                     client.close()
         _show(c, result, as_json, csv_dir)
+        _refuse_empty(result)
         _exit_for(result["status"])
 
     @reconcile_app.command("contacts")
@@ -246,6 +285,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout (docs/reconcile.md)."),
         csv_dir: Optional[str] = typer.Option(None, "--csv", metavar="DIR", help=CSV_HELP),
         rules: Optional[str] = typer.Option(None, "--rules", metavar="FILE", help=RULES_HELP),
+        mask_pii: bool = typer.Option(False, "--mask-pii", help="Replace every email and name the state store has "
+                                      "ever held (same person, same mask)."),
     ) -> None:
         """The weekly customer-attribute check: every ERP contact against Ometria's.
 
@@ -260,6 +301,10 @@ def register(app: typer.Typer) -> None:
         c = app_context(ctx)
         loaded = _rules(rules)
         with c.open_store("reconcile contacts", write=False) as store:
+            if mask_pii:
+                from khaosync.report import masker_for
+
+                c.terminal.masker = masker_for(store)
             client = _live_client(c) if live else None
             try:
                 result = reconcile_contacts(store, c.profile, live_client=client, rules=loaded).as_dict()
@@ -267,6 +312,7 @@ def register(app: typer.Typer) -> None:
                 if client is not None:
                     client.close()
         _show(c, result, as_json, csv_dir)
+        _refuse_empty(result)
         _exit_for(result["status"])
 
     @app.command()
@@ -291,6 +337,9 @@ def register(app: typer.Typer) -> None:
 
         c = app_context(ctx)
         loaded = _rules(rules)
+        if not Path(c.profile.state).exists():
+            # A check must not create what it checks: a mistyped --state is an error, not a new store.
+            raise ConfigError(f"no state at {c.profile.state}: run `khaosync pull` first (or pass --state)")
         if detect:
             try:
                 c.open_store("health", write=True).close()
@@ -313,7 +362,7 @@ def register(app: typer.Typer) -> None:
             c.terminal.json({"sandbox": c.profile.is_sandbox, **data})
         else:
             c.terminal.data(health_table(data))
-            c.terminal.data(report.verdict())
+            c.terminal.verdict(report.verdict(), failed=report.status == "fail")
         _exit_for(report.status)
 
     @app.command()
@@ -348,9 +397,15 @@ def register(app: typer.Typer) -> None:
                 if client is not None:
                     client.close()
         target = Path(html)
+        if target.is_dir():
+            raise typer.BadParameter(f"{html} is a folder: give the report's file name, e.g. {Path(html) / 'audit.html'}",
+                                     param_hint="--html")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
-        partial.write_text(render(audit), encoding="utf-8")
-        partial.replace(target)
+        try:
+            partial.write_text(render(audit), encoding="utf-8")
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
         c.terminal.info(_verdict(audit.reconciliation))
         c.terminal.data(f"report written: {target.resolve()}")

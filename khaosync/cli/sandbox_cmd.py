@@ -12,6 +12,11 @@ from rich.table import Table
 from khaosync.cli.context import app_context
 from khaosync.errors import ConfigError
 
+# The generator's minimums, stated here so --help shows them without importing the generator
+# (a test holds them equal).
+MIN_CUSTOMERS = 25
+MIN_ORDERS = 100
+
 sandbox_app = typer.Typer(help="The built-in sandbox: a deterministic merchant and strict emulators.", no_args_is_help=True)
 
 
@@ -41,8 +46,10 @@ def _counts_table(manifest: dict) -> Table:
 def init(
     ctx: typer.Context,
     seed: int = typer.Option(7, help="Same seed, same merchant."),
-    customers: int = typer.Option(1000, min=1, help="Companies to create."),
-    orders: int = typer.Option(5000, min=1, help="Sales orders over the date range."),
+    customers: int = typer.Option(1000, min=MIN_CUSTOMERS,
+                                  help=f"Companies to create (at least {MIN_CUSTOMERS}, so every fault is planted)."),
+    orders: int = typer.Option(5000, min=MIN_ORDERS,
+                               help=f"Sales orders over the date range (at least {MIN_ORDERS})."),
     start: Optional[str] = typer.Option(None, help="First order date (default 2026-01-01)."),
     end: Optional[str] = typer.Option(None, help="Last order date (default 2026-10-31)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing sandbox and the sandbox's state store."),
@@ -68,7 +75,7 @@ def init(
         for suffix in ("", "-wal", "-shm"):
             Path(f"{state}{suffix}").unlink(missing_ok=True)
     if as_json:
-        c.terminal.json(manifest)
+        c.terminal.json({"sandbox": True, **manifest})
     else:
         c.terminal.info(f"sandbox planted at {_folder(ctx)} (seed {seed}); clock {manifest.get('clock')}")
         c.terminal.data(_counts_table(manifest))
@@ -92,7 +99,7 @@ def advance(
     except FileNotFoundError as exc:
         raise ConfigError(str(exc)) from None
     if as_json:
-        c.terminal.json(summary)
+        c.terminal.json({"sandbox": True, **summary})
     else:
         changed = summary.get("changed", {})
         c.terminal.info(f"{days} day(s) passed: clock {summary.get('to')}")
@@ -119,7 +126,7 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
         raise ConfigError(f"no sandbox at {folder}: run `khaosync sandbox init` first")
     manifest = load_manifest(folder)
     if as_json:
-        c.terminal.json(manifest)
+        c.terminal.json({"sandbox": True, **manifest})
     else:
         c.terminal.info(f"sandbox at {folder}; clock {manifest.get('clock')}")
         c.terminal.data(_counts_table(manifest))
@@ -128,7 +135,7 @@ def status(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", hel
 @sandbox_app.command("serve")
 def serve(
     ctx: typer.Context,
-    port: int = typer.Option(8700, help="TCP port on loopback."),
+    port: int = typer.Option(8700, min=0, max=65535, help="TCP port on loopback (0: any free port)."),
     host: str = typer.Option("127.0.0.1", help="Loopback address to bind."),
     ometria_key: str = typer.Option(..., "--ometria-key", envvar="KHAOSYNC_SANDBOX_KEY", help="The only API key the Ometria emulator accepts."),
     latency_ms: int = typer.Option(0, "--latency-ms", min=0, help="Added to every answer."),
@@ -162,8 +169,12 @@ def serve(
     app = SandboxApp(folder, ometria_key, Faults(fail_rate=fail_rate, latency_ms=latency_ms, rate_limit=rate_limit, seed=seed,
                                             fail_after_commit=fail_after_commit, blanks=blanks,
                                             error_detail=error_detail, retry_after=retry_after))
-    server = make_sandbox_server(app, host, port)
-    base = f"http://{host}:{server.server_address[1]}"
+    try:
+        server = make_sandbox_server(app, host, port)
+    except OSError as exc:
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    base = f"http://{shown}:{server.server_address[1]}"
     c.terminal.info(f"serving the sandbox at {base}")
     c.terminal.info(f"  Ometria:       {base}/ometria/v2   (X-Ometria-Auth: the key you gave)")
     c.terminal.info(f"  Khaos Control: {base}/khaos/KhaosKSD.exe/soap/IKosWeb  (WSDL: .../wsdl/IKosWeb)")

@@ -51,6 +51,7 @@ from khaosync.khaos.errors import (
     KhaosBadResponseError, KhaosConnectionError, KhaosError, KhaosHttpError, KhaosTimeoutError, SoapFaultError,
 )
 from khaosync.khaos.wsdl import parse_wsdl
+from khaosync.scrub import scrub
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +452,7 @@ class KhaosClient:
             # A fault is a fault whatever the status (most sites send 500, some 200).
             raise SoapFaultError(fault[0], self._scrub(fault[1]), method)
         if response.status_code != 200:
-            raise KhaosHttpError(response.status_code, method, self._scrub(_excerpt(response.text)))
+            raise KhaosHttpError(response.status_code, method, _excerpt(self._scrub(response.text)))
         self._note_server_time(response)
         if soap_body is None or element is None:
             raise KhaosBadResponseError(f"Khaos Control {method}: the answer is not a SOAP 1.1 envelope", method=method)
@@ -510,12 +511,13 @@ class KhaosClient:
         return self._rng.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**number))
 
     def _scrub(self, text: str) -> str:
-        """The password (and a session) never reach a message, even if a site echoes our request back."""
+        """The password and a session, or any 8-character piece of either (as sent or
+        XML-escaped), never reach a message, even if a site echoes our request back. Scrub
+        before cutting (``_excerpt``)."""
         secrets = [s for s in ((self._credentials or ("", ""))[1], self._session or "") if s]
-        for secret in secrets:
-            for form in {secret, _escape(secret)}:
-                text = text.replace(form, "***")
-        return text
+        if not secrets:
+            return text
+        return scrub(text, [form for secret in secrets for form in (secret, _escape(secret))])
 
     # -- typed methods -----------------------------------------------------------------
     def get_site_list(self) -> list[tuple[str, str]]:
@@ -613,7 +615,7 @@ class KhaosClient:
         def attempt() -> bytes:
             response = self._send("WSDL", lambda: self._http.get(url, headers={"Accept": "text/xml"}))
             if response.status_code != 200:
-                raise KhaosHttpError(response.status_code, "WSDL", _excerpt(response.text))
+                raise KhaosHttpError(response.status_code, "WSDL", _excerpt(self._scrub(response.text)))
             return response.content
 
         return self._with_retries("WSDL", attempt)

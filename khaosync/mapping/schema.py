@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from khaosync.errors import ConfigError
-from khaosync.yaml_files import describe, read_yaml
+from khaosync.yaml_files import describe, read_text_file, read_yaml
 from khaosync.findings import TYPES
 from khaosync.ometria.models import CURRENCIES
 
@@ -341,7 +341,7 @@ def _read_source(path: str | Path) -> tuple[str, str]:
     """(text, name) of one mapping file; the default falls back to the copy in the package."""
     p = Path(path)
     if p.is_file():
-        return p.read_text(encoding="utf-8"), str(p)
+        return read_text_file(p, "mapping file"), str(p)
     if str(path) == DEFAULT_MAPPING_PATH:
         # No mappings/ folder where khaosync runs (a cron job's working folder): the shipped default.
         return packaged_default_text(), "khaosync/mapping/default.yaml (packaged default)"

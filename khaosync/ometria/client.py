@@ -52,6 +52,7 @@ from khaosync.ometria.errors import (
 )
 from khaosync.ometria.limiter import TokenBucket
 from khaosync.ometria.unsubscribes import read_windows
+from khaosync.scrub import scrub
 from khaosync.ometria.wire import BATCH_LIMIT, RECORD_TYPES, batch_body, check_size
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class PushError:
 
 
 def _excerpt(text: str, limit: int = 200) -> str:
+    """A one-line cut of ``text``: scrub it first (``OmetriaClient._scrub``), so no cut leaves
+    part of the key behind."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[:limit] + "..."
 
@@ -184,7 +187,7 @@ class OmetriaClient:
         self._watch_queue(limit, remaining)
         data = self._json(response, what)
         if not isinstance(data, dict) or str(data.get("status", "")).upper() != "OK":
-            raise OmetriaBadResponseError(f"Ometria {what}: unexpected answer {self._scrub(_excerpt(response.text))}",
+            raise OmetriaBadResponseError(f"Ometria {what}: unexpected answer {_excerpt(self._scrub(response.text))}",
                                           request=what, status=response.status_code)
         accepted = _count(data.get("accepted"))
         rejected = _count(data.get("rejected"))
@@ -348,7 +351,7 @@ class OmetriaClient:
             return
         if status == 403:
             raise OmetriaAuthError(what)
-        detail = self._scrub(_error_detail(response))
+        detail = _excerpt(self._scrub(_error_detail(response)))
         if 400 <= status < 500:
             raise OmetriaRequestError(status, what, detail)
         raise OmetriaServerError(status, what, detail)
@@ -359,7 +362,7 @@ class OmetriaClient:
         except ValueError:
             pass  # raised below, without the decoder's error (it holds the whole answer) as context
         raise OmetriaBadResponseError(
-            f"Ometria {what}: the answer is not JSON: {self._scrub(_excerpt(response.text))}",
+            f"Ometria {what}: the answer is not JSON: {_excerpt(self._scrub(response.text))}",
             request=what, status=response.status_code)
 
     def _backoff(self, number: int) -> float:
@@ -371,9 +374,9 @@ class OmetriaClient:
         return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (number - 1))
 
     def _scrub(self, text: str) -> str:
-        """The key never reaches a message, even if an answer echoes our request back."""
-        secret = self._key.get_secret_value()
-        return text.replace(secret, "***") if secret else text
+        """The key, or any 8-character piece of it, never reaches a message, even if an answer
+        echoes our request back. Scrub before cutting (``_excerpt``)."""
+        return scrub(text, [self._key.get_secret_value()])
 
 
 # -- small helpers --------------------------------------------------------------------------------
@@ -437,13 +440,14 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _error_detail(response: httpx.Response) -> str:
-    """What Ometria said: the ``error`` of a JSON error body, else an excerpt of the text."""
+    """What Ometria said: the ``error`` of a JSON error body, else the text; uncut, so the
+    caller scrubs it before ``_excerpt`` cuts it."""
     try:
         data = response.json()
     except ValueError:
-        return _excerpt(response.text)
+        return response.text
     if isinstance(data, dict):
         for key in ("error", "message", "detail"):
             if isinstance(data.get(key), str):
-                return _excerpt(data[key])
-    return _excerpt(response.text)
+                return data[key]
+    return response.text

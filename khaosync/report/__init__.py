@@ -7,6 +7,7 @@ by owner and type); ``khaosync.report.html.render`` turns it into one self-conta
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,12 +35,16 @@ class Audit:
 
 
 def known_people(store: StateStore) -> list[tuple[str | None, str | None]]:
-    """(email, full name) of every ERP contact and address, so masking knows who is one person."""
+    """(email, full name) of every ERP contact and address the store has ever held (every
+    version: a company renamed once has two names to mask), and of every contact khaosync made
+    or Ometria accepted, so masking knows who is one person."""
     people: list[tuple[str | None, str | None]] = []
     for (parsed,) in store.conn.execute(
-            "SELECT parsed FROM staged_record WHERE entity = 'company' AND current = 1 AND parsed IS NOT NULL"
-            " ORDER BY key"):
-        company = Company.model_validate_json(parsed)
+            "SELECT parsed FROM staged_record WHERE entity = 'company' AND parsed IS NOT NULL ORDER BY key, version"):
+        try:
+            company = Company.model_validate_json(parsed)
+        except ValueError:
+            continue  # a version this khaosync cannot read names nobody it could show
         for c in company.contacts:
             name = " ".join(part for part in (c.forename.strip(), c.surname.strip()) if part) or None
             people.append((c.email.strip() or None, name))
@@ -48,7 +53,22 @@ def known_people(store: StateStore) -> list[tuple[str | None, str | None]]:
                 people.append((a.email.strip(), None))
         if company.web_user.strip():
             people.append((company.web_user.strip(), company.name.strip() or None))
+    for table in ("outbound_record", "ledger"):
+        for (body,) in store.conn.execute(f"SELECT body FROM {table} WHERE type = 'contact'"):  # noqa: S608
+            try:
+                doc = json.loads(bytes(body))
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                name = " ".join(str(doc.get(k) or "").strip() for k in ("firstname", "lastname")).strip()
+                email = doc.get("email") if isinstance(doc.get("email"), str) else None
+                people.append((email, name or None))
     return people
+
+
+def masker_for(store: StateStore) -> Masker:
+    """The ``--mask-pii`` masker: every person the store knows, one mask each."""
+    return Masker(known_people(store))
 
 
 def _age(first_seen: str, now: datetime) -> str:
@@ -65,7 +85,7 @@ def open_exceptions(store: StateStore, now: datetime | None = None) -> list[dict
     """One row per owner and type: how many are open, the oldest, the records, an example reason."""
     now = now or datetime.now(UTC)
     grouped: dict[tuple[str, str], list[Any]] = defaultdict(list)
-    for row in store.exceptions(open_only=True):
+    for row in store.exceptions(open_only=True, distinct=True):  # one cause, counted once (issue 14.3)
         grouped[(row.owner, row.type)].append(row)
     out = []
     for (owner, type_), rows in sorted(grouped.items()):

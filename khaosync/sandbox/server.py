@@ -9,6 +9,7 @@ the clients cannot tell which one they talk to.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,14 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
 def make_sandbox_server(app: SandboxApp, host: str = "127.0.0.1", port: int = 0) -> WSGIServer:
-    return make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    """``host`` may be an IPv6 literal (``::1``): the socket's family follows it."""
+    server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
+    return make_server(host.strip("[]"), port, app, server_class=server_class, handler_class=_QuietHandler)
 
 
 class ServedSandbox:

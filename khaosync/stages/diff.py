@@ -450,6 +450,11 @@ class _Differ:
         self.flush()
 
 
+def _made_by(entity: str, live: bool, keys: list[str] | None) -> str:
+    """The diff as an operator would type it, so push can say which review it sends."""
+    return " ".join(["diff", entity] + (["--live"] if live else []) + [f"--key {k}" for k in keys or []])
+
+
 def _new_plan_id(conn: sqlite3.Connection, run_id: int, now: datetime) -> str:
     base = plans.plan_id_for(run_id, now)
     plan_id, n = base, 0
@@ -501,7 +506,9 @@ def diff_records(store: StateStore, profile: Profile, entity: str, *,
             plan_id = _new_plan_id(conn, run_id, now)
             result = DiffResult(type_, plan_id, run_id, snapshot is not None, findings=findings,
                                 keys=list(keys) if keys else None, fields_filter=list(fields) if fields else None)
-            plans.create_plan(conn, plan_id, run_id=run_id, scope=[type_], created_at=utcnow())
+            plans.create_plan(conn, plan_id, run_id=run_id, scope=[type_], created_at=utcnow(),
+                              made_by=_made_by(entity, snapshot is not None, keys) if own_run else "sync",
+                              narrowed_to=list(keys) if keys else None)
             differ = _Differ(conn, result, plan_id=plan_id, cancelled_status=cancelled, fields=fields, limit=limit)
             if snapshot is None:
                 differ.against_ledger(keys)

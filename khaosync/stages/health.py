@@ -323,7 +323,7 @@ def _exception_checks(store: StateStore, rules: ReconcileRules, now: datetime) -
     grouped: dict[str, dict[str, dict]] = defaultdict(dict)
     statuses: dict[str, list[str]] = defaultdict(list)
     limits = rules.health.exceptions
-    for row in store.exceptions(open_only=True):
+    for row in store.exceptions(open_only=True, distinct=True):  # one cause, counted once (issue 14.3)
         hours = _hours(now, _when(row.first_seen)) or 0.0
         entry = grouped[row.owner].setdefault(row.type, {"count": 0, "severity": row.severity, "oldest_hours": 0.0,
                                                          "records": []})

@@ -39,6 +39,7 @@ from khaosync.khaos.models import CreditNote, SalesOrder
 from khaosync.mapping.orders import despatch_state as mapped_despatch_state, reached_trigger
 from khaosync.mapping.schema import Mapping, load_mapping
 from khaosync.ometria import wire
+from khaosync.currency import money_text
 from khaosync.stages.reconcile_rules import METRICS, ReconcileRules, Status
 from khaosync.store import StateStore
 from khaosync.store.db import utcnow
@@ -512,11 +513,17 @@ class MetricRow:
     def is_count(self) -> bool:
         return self.name in ("orders", "valid_orders", "customers")
 
+    @property
+    def is_money(self) -> bool:
+        return self.name in ("gross_revenue", "refunds", "net_revenue")
+
     def as_dict(self) -> dict:
         def out(v: Decimal | None) -> int | str | None:
             if v is None:
                 return None
-            return int(v) if self.is_count else str(v)
+            if self.is_count:
+                return int(v)
+            return money_text(v, self.currency) if self.is_money else str(v)
         return {"name": self.name, "currency": self.currency, "store": self.store, "erp": out(self.erp),
                 "ledger": out(self.ledger), "ometria": out(self.ometria), "difference": out(self.difference),
                 "not_yet_due": out(self.not_yet_due), "unexplained": out(self.unexplained), "status": self.status}
@@ -555,8 +562,9 @@ class DayRevenue:
     ometria: Decimal | None
 
     def as_dict(self) -> dict:
-        return {"date": self.day.isoformat(), "currency": self.currency, "erp": str(self.erp),
-                "ledger": str(self.ledger), "ometria": None if self.ometria is None else str(self.ometria)}
+        return {"date": self.day.isoformat(), "currency": self.currency,
+                "erp": money_text(self.erp, self.currency), "ledger": money_text(self.ledger, self.currency),
+                "ometria": None if self.ometria is None else money_text(self.ometria, self.currency)}
 
 
 def worst(statuses: Iterable[str]) -> Status:

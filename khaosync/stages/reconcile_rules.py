@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from khaosync.errors import ConfigError
-from khaosync.yaml_files import describe, read_yaml
+from khaosync.yaml_files import describe, read_text_file, read_yaml
 
 DEFAULT_RULES_PATH = "mappings/reconcile.yaml"
 
@@ -270,4 +270,4 @@ def load_rules(path: str | Path | None = None) -> ReconcileRules:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"rules file {p} not found")
-    return parse_rules(p.read_text(encoding="utf-8"), str(p))
+    return parse_rules(read_text_file(p, "rules file"), str(p))

@@ -77,7 +77,8 @@ def _merge_plans(store: StateStore, run_id: int, diffs: list[DiffResult]) -> str
     ids = [d.plan_id for d in diffs]
     with store.transaction() as conn:
         merged = f"{ids[-1]}-sync"
-        plans.create_plan(conn, merged, run_id=run_id, scope=[d.type for d in diffs], created_at=utcnow())
+        plans.create_plan(conn, merged, run_id=run_id, scope=[d.type for d in diffs], created_at=utcnow(),
+                          made_by="sync")
         counts: dict[str, int] = {"new": 0, "changed": 0, "unchanged": 0, "void": 0}
         for d in diffs:
             plans.add_records(conn, merged, plans.plan_records(conn, d.plan_id))
@@ -87,6 +88,14 @@ def _merge_plans(store: StateStore, run_id: int, diffs: list[DiffResult]) -> str
         conn.executemany("UPDATE plan SET status = 'superseded' WHERE id = ? AND status = 'open'",
                          [(i,) for i in ids])
     return merged
+
+
+def _named(progress, stage: str):
+    """The stage's progress callback with its name first (``map products``, ``push product``),
+    so one display can tell sync's stages apart."""
+    if progress is None:
+        return None
+    return lambda name, done, total: progress(f"{stage} {name}", done, total)
 
 
 def sync(store: StateStore, profile: Profile, source: Source, client, *, since: datetime | None,
@@ -106,10 +115,11 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
     try:
         reference = [e for e in kc_entities if e in REFERENCE]
         dated = [e for e in kc_entities if e not in REFERENCE]
-        pulled = pull(store, profile, source, entities=reference, progress=progress, run_id=run_id) if reference \
+        pulled = pull(store, profile, source, entities=reference, progress=_named(progress, "pull"), run_id=run_id) if reference \
             else None
         if dated:
-            more = pull(store, profile, source, entities=dated, since=since, progress=progress, run_id=run_id)
+            more = pull(store, profile, source, entities=dated, since=since, progress=_named(progress, "pull"),
+                        run_id=run_id)
             if pulled is None:
                 pulled = more
             else:
@@ -122,11 +132,11 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
 
             # Before map: a KC opt-in is never sent over a newer Ometria opt-out.
             consent_read = read_ometria_consent(store, profile, consent_reader, run_id=run_id)
-        mapped = map_records(store, profile, entities=chosen, progress=progress, run_id=run_id)
+        mapped = map_records(store, profile, entities=chosen, progress=_named(progress, "map"), run_id=run_id)
         diffs = diff_all(store, profile, chosen, run_id=run_id)
         plan_id = _merge_plans(store, run_id, diffs)
         pushed = push_plan(store, profile, client if commit else None, plan_id, commit=commit, verify=verify,
-                           progress=progress)
+                           progress=_named(progress, "push"))
         consent = None
         if consent_reader is not None:
             from khaosync.stages.consent import consent_after_read

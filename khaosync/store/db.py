@@ -10,7 +10,7 @@ import hashlib
 import json
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -160,7 +160,13 @@ class StateStore:
             args.append(entity)
         return self.conn.execute(sql, args).rowcount
 
-    def exceptions(self, *, open_only: bool = False, owner: str | None = None, type: str | None = None) -> list[ExceptionRow]:
+    def exceptions(self, *, open_only: bool = False, owner: str | None = None, type: str | None = None,
+                   distinct: bool = False) -> list[ExceptionRow]:
+        """Exception rows in id order. ``distinct``: one row per cause (issue 14.3): pull and map
+        each record their own finding about one record (an order's total, a malformed record),
+        and a list for people counts it once (``merge_stages``)."""
+        if distinct:
+            return merge_stages(self.exceptions(open_only=open_only, owner=owner, type=type))
         where, args = ["1=1"], []
         if open_only:
             where.append("resolved_at IS NULL")
@@ -171,6 +177,30 @@ class StateStore:
             where.append("type = ?")
             args.append(type)
         return read_exceptions(self.conn, " AND ".join(where), args)
+
+
+_SEVERITY_RANK = {"info": 0, "warn": 1, "fail": 2}
+
+
+def merge_stages(rows: list[ExceptionRow]) -> list[ExceptionRow]:
+    """Rows of one type about the same records, raised by different stages, as one: the first
+    row's id and reason, the stages joined (``pull+map``), the worse severity, the first and
+    last sightings, open while any of them is."""
+    merged: dict[tuple, ExceptionRow] = {}
+    for row in rows:
+        key = (row.type, row.entity, tuple(row.records))
+        seen = merged.get(key)
+        if seen is None:
+            merged[key] = row
+            continue
+        stages = seen.stage.split("+")
+        merged[key] = replace(
+            seen, stage="+".join(stages + [row.stage] if row.stage not in stages else stages),
+            severity=max(seen.severity, row.severity, key=lambda s: _SEVERITY_RANK.get(s, 0)),
+            first_seen=min(seen.first_seen, row.first_seen), last_seen=max(seen.last_seen, row.last_seen),
+            resolved_at=None if seen.resolved_at is None or row.resolved_at is None
+            else max(seen.resolved_at, row.resolved_at))
+    return list(merged.values())
 
 
 def _statements(script: str) -> list[str]:
@@ -205,6 +235,26 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("COMMIT")
 
 
+BUSY_PROBE_S = 2.0
+"""How long a writer waits, on opening, for a transaction someone else holds. khaosync's own
+writers queue on the lock file first, so a holder here is another program (a sqlite3 shell, a
+backup): say so at once rather than wait 30 s and fail half-way."""
+
+
+def _probe_writable(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            raise ConfigError(f"state {path} is busy: another program holds a transaction on it (khaosync runs "
+                              "hold the lock file instead); try again when it has finished") from None
+        if "readonly" in text:
+            raise ConfigError(f"state {path} is read-only: this command writes to it") from None
+        raise
+
+
 def open_store(path: str | Path, *, write: bool = True, command: str | None = None) -> StateStore:
     """Open (creating and migrating if needed) the state store at ``path``.
 
@@ -221,7 +271,10 @@ def open_store(path: str | Path, *, write: bool = True, command: str | None = No
         raise ConfigError(f"no state at {path}: run `khaosync pull` first (or pass --state)")
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_PROBE_S if write else 30)
+        if write:
+            _probe_writable(conn, path)
+            conn.execute(f"PRAGMA busy_timeout = {30_000}")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")

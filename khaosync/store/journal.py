@@ -21,6 +21,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Iterable
 
+from khaosync.store.plans import default_plan_id
+
 ABANDONED = "abandoned: the run stopped before the answer was recorded; its records are sent again"
 
 
@@ -63,12 +65,14 @@ class JournaledBatch:
 
 # -- plans ---------------------------------------------------------------------------------------
 def find_plan(conn: sqlite3.Connection, plan_id: str | None) -> PlanRow | None:
-    """The plan ``plan_id``, or (None) the newest open one."""
+    """The plan ``plan_id``, or (None) the newest open full review (``plans.default_plan_id``:
+    a plan a ``diff --key`` narrowed is sent only when named)."""
     sql = "SELECT id, created_at, status, scope, counts FROM plan"
     if plan_id is None:
-        row = conn.execute(sql + " WHERE status = 'open' ORDER BY created_at DESC, rowid DESC LIMIT 1").fetchone()
-    else:
-        row = conn.execute(sql + " WHERE id = ?", (plan_id,)).fetchone()
+        plan_id = default_plan_id(conn)
+        if plan_id is None:
+            return None
+    row = conn.execute(sql + " WHERE id = ?", (plan_id,)).fetchone()
     if row is None:
         return None
     return PlanRow(row[0], row[1], row[2], _json_list(row[3]), _json_dict(row[4]))

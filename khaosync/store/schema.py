@@ -241,6 +241,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "plans say how they were made and whether a diff narrowed them (issue 14.2)",
+        """
+        -- The command that made the plan (``diff orders --live``, ``sync``), so push can say it.
+        ALTER TABLE plan ADD COLUMN made_by TEXT;
+        -- JSON list of the record ids a ``diff --key`` narrowed it to; NULL for a full review.
+        -- A narrowed plan supersedes nothing and push sends it only when named (``--plan``).
+        ALTER TABLE plan ADD COLUMN narrowed_to TEXT;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

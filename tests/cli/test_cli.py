@@ -74,7 +74,9 @@ def test_exceptions_list_json_and_fail_exit(runner, tmp_path):
                                stage="pull", reason="bad email", records=["company:12"], entity="company")
     result = runner.invoke(app, ["exceptions", "list", "--json"])
     assert result.exit_code == 0
-    [row] = json.loads(result.stdout)
+    data = json.loads(result.stdout)
+    assert data["sandbox"] is True
+    [row] = data["exceptions"]
     assert {k: row[k] for k in ("type", "severity", "owner", "status", "stage", "records")} == {
         "type": "malformed_record", "severity": "warn", "owner": "ecommerce", "status": "open",
         "stage": "pull", "records": ["company:12"]}

@@ -205,3 +205,75 @@ def test_nothing_mapped_yet_says_so(runner, tmp_path):
     assert result.exit_code == 0
     assert "nothing in the ledger: run `khaosync map`" in result.stderr
     assert result.stdout.splitlines()[0] == "products vs the ledger: 0 new, 0 changed, 0 unchanged, 0 to void"
+
+
+# -- plans you can trust (issue 14.2) -------------------------------------------------------------
+
+
+def test_a_triage_diff_by_key_never_becomes_what_push_sends(runner, state):
+    """A reviewed 4-record diff, then `diff orders --key 2002`: push still sends the review."""
+    full = json.loads(runner.invoke(app, ["diff", "orders", "--json"]).stdout)["plan"]
+    triage = runner.invoke(app, ["diff", "orders", "--key", "2002"])
+    partial = re.search(r"plan (p\S+):", triage.stdout).group(1)
+    assert "partial plan (--key): push sends it only when named; it supersedes nothing" in triage.stdout
+    assert "supersedes" not in triage.stdout.split("\n")[1]
+    push = runner.invoke(app, ["push", "--json"])
+    assert push.exit_code == 0, push.output
+    data = json.loads(push.stdout)
+    assert data["plan"] == full and data["pending"]["order"] == 4
+    assert data["plan_detail"]["made_by"] == "diff orders" and data["plan_detail"]["records"] == 4
+    assert data["plan_detail"]["partial"] is False
+    made = data["plan_detail"]["created_at"][:16].replace("T", " ")
+    assert f"plan {full}: made {made} UTC by `diff orders`, 4 record(s) to push" in push.stderr
+    assert (f"warning: newer partial plan {partial} (`diff orders --key 2002`) is not sent without --plan "
+            f"{partial}") in push.stderr
+    named = json.loads(runner.invoke(app, ["push", "--plan", partial, "--json"]).stdout)
+    assert named["plan"] == partial and named["pending"]["order"] == 1
+    assert named["plan_detail"]["partial"] is True and named["plan_detail"]["narrowed_to"] == ["2002"]
+
+
+def test_plans_list_and_show(runner, state):
+    full = json.loads(runner.invoke(app, ["diff", "orders", "--json"]).stdout)["plan"]
+    runner.invoke(app, ["diff", "orders", "--key", "2002", "--key", "2001"])
+    listed = json.loads(runner.invoke(app, ["plans", "list", "--json"]).stdout)
+    assert listed["sandbox"] is True and listed["default"] == full
+    assert [(p["made_by"], p["records"], p["status"], p["partial"]) for p in listed["plans"]] == [
+        ("diff orders", 4, "open", False), ("diff orders --key 2002 --key 2001", 2, "open", True)]
+    table = runner.invoke(app, ["plans", "list"])
+    assert table.exit_code == 0 and f"push without --plan sends: {full}" in table.stderr
+    assert not [line for line in table.stdout.splitlines() if line != line.rstrip()]  # no trailing spaces
+    rows = [line.split() for line in table.stdout.splitlines()[3:]]
+    assert [(r[0], r[-2], r[-1]) for r in rows if r and r[0].startswith("p")] == [
+        (full, "4", "open"), (listed["plans"][1]["id"], "2", "partial")]
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
+    shown = json.loads(runner.invoke(app, ["plans", "show", full, "--json"]).stdout)
+    assert shown["summary"] == {"order": {"changed": 2, "new": 1, "void": 1}} and shown["accepted"] == {}
+    human = runner.invoke(app, ["plans", "show", full])
+    assert f"push it with: khaosync push --plan {full} --commit" in human.stdout
+    missing = runner.invoke(app, ["plans", "show", "p999-nope"])
+    assert missing.exit_code == 2 and "no plan 'p999-nope': see khaosync plans list" in missing.stderr
+
+
+def test_a_full_review_supersedes_older_partial_plans(runner, state):
+    partial = re.search(r"plan (p\S+):", runner.invoke(app, ["diff", "orders", "--key", "2002"]).stdout).group(1)
+    runner.invoke(app, ["diff", "orders"])
+    listed = {p["id"]: p["status"] for p in json.loads(runner.invoke(app, ["plans", "list", "--json"]).stdout)["plans"]}
+    assert listed[partial] == "superseded"
+
+
+def test_a_long_field_path_is_never_broken(runner, state):
+    path_owner = {"@type": "order", "id": "2009", "timestamp": "2026-10-01T09:00:00Z", "currency": "GBP",
+                  "grand_total": D("10.00"), "status": "shipped", "is_valid": True,
+                  "lineitems": [{"product_id": "P1", "quantity": 1}],
+                  "properties": {"gift_message_for_the_customer_printed_on_the_slip": "Happy birthday"}}
+    changed = {**path_owner, "properties": {"gift_message_for_the_customer_printed_on_the_slip": "Many happy returns"}}
+    with open_store(state) as store:
+        before, after = wire.dumps(path_owner), wire.dumps(changed)
+        store.conn.execute("INSERT INTO ledger(type, id, content_hash, body, accepted_at) VALUES ('order', '2009', ?, ?,"
+                           " 'then')", (wire.content_hash(before), before))
+        store.conn.execute("INSERT INTO outbound_record VALUES ('order', '2009', ?, ?, '[]', 'ready', NULL, 1, 'now')",
+                           (wire.content_hash(after), after))
+    result = runner.invoke(app, ["diff", "orders", "--key", "2009"])
+    assert result.exit_code == 0, result.output
+    assert "properties.gift_message_for_the_customer_printed_on_the_slip" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80

@@ -83,6 +83,7 @@ id  type                 sev   owner      records / reason
  3  identifier_conflict  warn  crm        contact:7086, contact:7088
                                           (resolved 2026-11-27) email
                                           a@example.com is on 2 KC holders
+2 open exception(s) at fail severity
 """
 
 
@@ -95,7 +96,7 @@ def test_list_at_80_columns_and_exit_1_on_open_fail(runner, register):
 
 def test_list_json_contract_and_filters(runner, register):
     result = runner.invoke(app, ["exceptions", "list", "--json"])
-    rows = json.loads(result.stdout)
+    rows = json.loads(result.stdout)["exceptions"]
     assert [{k: r[k] for k in ("id", "type", "severity", "owner", "status", "stage", "records")} for r in rows] == [
         {"id": 1, "type": "total_mismatch", "severity": "fail", "owner": "finance", "status": "open",
          "stage": "pull", "records": ["sales_order:2042"]},
@@ -107,10 +108,11 @@ def test_list_json_contract_and_filters(runner, register):
     ]
     assert rows[2]["resolved_at"] == "2026-11-27T10:00:00+00:00"
     crm = runner.invoke(app, ["exceptions", "list", "--owner", "crm", "--json"])
-    assert crm.exit_code == 0 and [r["id"] for r in json.loads(crm.stdout)] == [3]
-    opened = json.loads(runner.invoke(app, ["exceptions", "list", "--open", "--json"]).stdout)
+    assert crm.exit_code == 0 and [r["id"] for r in json.loads(crm.stdout)["exceptions"]] == [3]
+    opened = json.loads(runner.invoke(app, ["exceptions", "list", "--open", "--json"]).stdout)["exceptions"]
     assert [r["id"] for r in opened] == [1, 2]
-    typed = json.loads(runner.invoke(app, ["exceptions", "list", "--type", "total_mismatch", "--json"]).stdout)
+    typed = json.loads(runner.invoke(app, ["exceptions", "list", "--type", "total_mismatch", "--json"]).stdout)[
+        "exceptions"]
     assert [r["id"] for r in typed] == [1]
 
 
@@ -167,7 +169,8 @@ records     sales_order:2042
 def test_show_every_record_raw_and_mapped(runner, register):
     result = runner.invoke(app, ["exceptions", "show", "1"])
     assert result.exit_code == 0, result.output
-    [row] = json.loads(runner.invoke(app, ["exceptions", "list", "--type", "total_mismatch", "--json"]).stdout)
+    [row] = json.loads(runner.invoke(app, ["exceptions", "list", "--type", "total_mismatch", "--json"]).stdout)[
+        "exceptions"]
     expected = SHOW.replace("FIRST", row["first_seen"]).replace("LAST", row["last_seen"])
     assert plain(result.stdout) == expected
 
@@ -191,3 +194,31 @@ def test_show_json_and_ometria_only_records(runner, register):
 def test_show_an_unknown_id_is_a_usage_error(runner, register):
     result = runner.invoke(app, ["exceptions", "show", "99"])
     assert result.exit_code == 2 and "no exception 99" in result.stderr
+
+
+def test_one_cause_is_one_row_across_stages(runner, tmp_path):
+    """Issue 14.3: pull and map both find order 2042's total wrong: the register, health and the
+    report count it once; --every-stage shows both rows."""
+    with open_store(tmp_path / STATE) as store:
+        run = store.start_run("sync", "sandbox")
+        for stage, severity in (("pull", "warn"), ("map", "fail")):
+            store.record_exception(run_id=run, type="total_mismatch", severity=severity, owner="finance",
+                                   stage=stage, reason=f"{stage}: lines give 10.00, KC says 10.01",
+                                   records=["sales_order:2042"], entity="sales_order")
+        store.record_exception(run_id=run, type="total_mismatch", severity="fail", owner="finance", stage="pull",
+                               reason="another order", records=["sales_order:2043"], entity="sales_order")
+    listed = json.loads(runner.invoke(app, ["exceptions", "list", "--json"]).stdout)["exceptions"]
+    assert [(r["id"], r["stage"], r["severity"], r["records"]) for r in listed] == [
+        (1, "pull+map", "fail", ["sales_order:2042"]), (3, "pull", "fail", ["sales_order:2043"])]
+    assert listed[0]["reason"] == "pull: lines give 10.00, KC says 10.01"
+    every = json.loads(runner.invoke(app, ["exceptions", "list", "--every-stage", "--json"]).stdout)["exceptions"]
+    assert [r["stage"] for r in every] == ["pull", "map", "pull"]
+    health = json.loads(runner.invoke(app, ["health", "--no-detect", "--json"]).stdout)
+    [finance] = [c for c in health["checks"] if c["name"] == "exceptions:finance"]
+    assert finance["data"]["open"] == 2 and finance["data"]["fail_severity"] == 2
+    from khaosync.report import open_exceptions
+
+    with open_store(tmp_path / STATE, write=False) as store:
+        [row] = open_exceptions(store)
+    assert (row["owner"], row["type"], row["open"], row["records"]) == (
+        "finance", "total_mismatch", 2, "sales_order:2042, sales_order:2043")

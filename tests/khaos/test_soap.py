@@ -334,6 +334,20 @@ def test_a_session_site_logs_in_once_and_sends_the_session_in_a_header() -> None
     assert len(recorder.requests) == 3  # one Login
 
 
+def test_a_password_echoed_across_the_cut_leaves_no_piece_behind() -> None:
+    # Issue 11.9: scrub before the 200-character cut, and any 8+ character piece of it.
+    creds = KhaosCredentials(username="kc-user", password=SecretStr(PASSWORD))
+    padding = "y" * (200 - len(PASSWORD) + 1)
+    recorder = Recorder(httpx.Response(400, text=padding + PASSWORD),
+                        httpx.Response(400, text=f"saw {PASSWORD[1:10]} then {PASSWORD[-8:]}"))
+    client, _, _ = client_for(recorder, credentials=creds, retries=0)
+    for _ in range(2):
+        with pytest.raises(KhaosHttpError) as caught:
+            client.get_site_list()
+        text = str(caught.value)
+        assert not any(PASSWORD[i:i + 8] in text for i in range(len(PASSWORD) - 7)), text
+
+
 def test_credentials_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KC_PASSWORD", "from-env")
     recorder = Recorder(sites())

@@ -281,6 +281,20 @@ def test_the_key_appears_in_no_error_and_no_repr() -> None:
         assert caught.value.__cause__ is None and caught.value.__context__ is None
 
 
+def test_a_key_echoed_across_the_cut_leaves_no_piece_behind() -> None:
+    # Issue 11.9: the body is cut to 200 characters; a key straddling the cut must not show
+    # all but its last characters, nor may a long fragment of it quoted elsewhere.
+    t = FakeTime()
+    padding = "x" * (200 - len(KEY) + 1)
+    for body in (json.dumps({"error": padding + KEY}), padding + KEY, f"near {KEY[2:12]} and {KEY[-9:]}"):
+        client, _ = client_for(Script(t, status(400, body=body.encode())), retries=0)
+        with pytest.raises(OmetriaRequestError) as caught:
+            client.push("product", [product(1)])
+        text = str(caught.value)
+        assert not any(KEY[i:i + 8] in text for i in range(len(KEY) - 7)), text
+        assert "***" in text
+
+
 def test_an_unreadable_push_answer_is_typed() -> None:
     t = FakeTime()
     client, _ = client_for(Script(t, httpx.Response(200, json={"status": "ERROR"})))

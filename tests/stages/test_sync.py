@@ -99,7 +99,9 @@ def test_sync_json_contract(tmp_path, sandbox, monkeypatch):
     assert result.exit_code == 1
     assert data["exceptions"]["total_mismatch"] >= 1
     dry = CliRunner().invoke(app, ["sync", "--verify", "none"])
-    assert "dry run" in dry.stderr and dry.exit_code == 1
+    # --fail-on new (the default): the same findings, still open, are not news the second time.
+    assert "dry run" in dry.stderr and dry.exit_code == 0
+    assert CliRunner().invoke(app, ["sync", "--verify", "none", "--fail-on", "any"]).exit_code == 1
 
 
 def test_after_a_clean_sync_every_month_reconciles_and_the_erp_side_is_the_manifest(tmp_path, sandbox):
