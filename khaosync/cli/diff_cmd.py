@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from khaosync.cli.context import app_context
+from khaosync.cli.live_reads import live_reads
 from khaosync.report.csv import csv_writer
 from khaosync.errors import EXIT_FINDINGS
 
@@ -212,8 +213,9 @@ def register(app: typer.Typer) -> None:
         with c.open_store("diff") as store:
             client = Connections(c.profile).ometria_client() if live else None
             try:
-                result = diff_records(store, c.profile, entity, live_client=client, fields=field or None,
-                                      keys=key or None, limit=limit)
+                with live_reads(c.terminal, client) as reads:
+                    result = diff_records(store, c.profile, entity, live_client=reads, fields=field or None,
+                                          keys=key or None, limit=limit)
             finally:
                 if client is not None:
                     client.close()

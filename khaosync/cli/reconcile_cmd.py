@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from khaosync.cli.context import app_context
+from khaosync.cli.live_reads import live_reads
 from khaosync.errors import EXIT_FINDINGS, ConfigError
 
 from khaosync.cli.options import FIRST_YEAR, LAST_YEAR
@@ -270,7 +271,8 @@ def register(app: typer.Typer) -> None:
                 c.terminal.masker = masker_for(store)
             client = _live_client(c) if live else None
             try:
-                result = reconcile_month(store, c.profile, month, live_client=client, rules=loaded).as_dict()
+                with live_reads(c.terminal, client) as reads:
+                    result = reconcile_month(store, c.profile, month, live_client=reads, rules=loaded).as_dict()
             finally:
                 if client is not None:
                     client.close()
@@ -307,7 +309,8 @@ def register(app: typer.Typer) -> None:
                 c.terminal.masker = masker_for(store)
             client = _live_client(c) if live else None
             try:
-                result = reconcile_contacts(store, c.profile, live_client=client, rules=loaded).as_dict()
+                with live_reads(c.terminal, client) as reads:
+                    result = reconcile_contacts(store, c.profile, live_client=reads, rules=loaded).as_dict()
             finally:
                 if client is not None:
                     client.close()
@@ -392,7 +395,8 @@ def register(app: typer.Typer) -> None:
         with c.open_store("report", write=False) as store:
             client = _live_client(c) if live else None
             try:
-                audit = build_audit(store, c.profile, month, live_client=client, rules=loaded, mask_pii=mask_pii)
+                with live_reads(c.terminal, client) as reads:
+                    audit = build_audit(store, c.profile, month, live_client=reads, rules=loaded, mask_pii=mask_pii)
             finally:
                 if client is not None:
                     client.close()
