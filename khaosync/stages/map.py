@@ -339,7 +339,7 @@ def encode(outcome: Outcome) -> outbound.NewVersion:
     finding added to the outcome; no record at all: a state-only version (``body`` None)."""
     if outcome.record is None:
         return outbound.NewVersion(outcome.type, outcome.id, None, None, None, "held", outcome.hold)
-    body = wire.dumps(outcome.record.to_wire())
+    body = wire.dumps_valid(outcome.record.to_wire())
     try:
         wire.check_size(outcome.type, outcome.id, body)
     except wire.RecordTooLarge as exc:
