@@ -138,6 +138,12 @@ class PullSettings(Strict):
     history_start: date = Field(default=date(2015, 1, 1), description="where a --full pull starts")
 
 
+class PlanSettings(Strict):
+    """How long plans keep their bodies (see docs/diff.md, "Plans in the state file")."""
+
+    retention_days: int = Field(default=30, ge=0, description="superseded and pushed plans older than this are pruned")
+
+
 class SandboxSettings(Strict):
     path: str = DEFAULT_SANDBOX_PATH
 
@@ -153,6 +159,7 @@ class Profile(Strict):
     state: str = DEFAULT_STATE_PATH
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     pull: PullSettings = Field(default_factory=PullSettings)
+    plans: PlanSettings = Field(default_factory=PlanSettings)
     source: str | None = Field(default=None, description="the config file this came from, if any")
 
     @model_validator(mode="after")

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Iterable, Iterator
 
@@ -171,6 +171,7 @@ class DiffResult:
     listed: int = 0       # how many matched --field (records holds at most --limit of them)
     planned: int = 0      # plan records written (new + changed + void)
     superseded: list[str] = field(default_factory=list)
+    pruned: dict[str, int] = field(default_factory=dict)  # what prune_plans removed (plans.retention_days)
     findings: list[Finding] = field(default_factory=list)
     keys: list[str] | None = None
     fields_filter: list[str] | None = None
@@ -484,6 +485,8 @@ def diff_records(store: StateStore, profile: Profile, entity: str, *,
                 differ.against_live(snapshot, keys)
             plan_counts = {c: result.counts[c] for c in ("new", "changed", "unchanged", "void")}
             result.superseded = plans.finish_plan(conn, plan_id, plan_counts)
+            cutoff = now - timedelta(days=profile.plans.retention_days)
+            result.pruned = plans.prune_plans(conn, before=cutoff.isoformat(timespec="microseconds"), now=utcnow())
     except BaseException:
         if own_run:
             store.finish_run(run_id, "failed")

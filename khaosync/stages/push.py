@@ -152,6 +152,9 @@ def push_plan(store: StateStore, profile: Profile, client: OmetriaClient | None,
     if plan.status == "superseded":
         raise StalePlanError(f"plan {plan.id} was superseded by a newer diff; push the newest plan "
                              "(`khaosync push` shows it)")
+    if plan.pruned_at is not None:
+        raise StalePlanError(f"plan {plan.id} was pruned on {plan.pruned_at[:10]} (plans.retention_days): its bodies "
+                             "are gone; run `khaosync diff` for a new plan")
     _refuse_stale(conn, plan)
     result = PushResult(plan_id=plan.id, sandbox=profile.is_sandbox, committed=commit, plan_status=plan.status,
                         summary=summary)

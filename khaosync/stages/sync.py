@@ -78,7 +78,7 @@ def _merge_plans(store: StateStore, run_id: int, diffs: list[DiffResult]) -> str
         plans.create_plan(conn, merged, run_id=run_id, scope=[d.type for d in diffs], created_at=utcnow())
         counts: dict[str, int] = {"new": 0, "changed": 0, "unchanged": 0, "void": 0}
         for d in diffs:
-            plans.add_records(conn, merged, plans.plan_records(conn, d.plan_id))
+            plans.copy_records(conn, d.plan_id, merged)
             for change in counts:
                 counts[change] += d.counts.get(change, 0)
         plans.finish_plan(conn, merged, counts)

@@ -2,7 +2,8 @@
 
 A plan is a row in ``plan`` (id, when, the run, the record types it covers, its counts, its
 status) and one ``plan_record`` per record to send: its change (``new``, ``changed``,
-``void``), the content hash and the exact body. For new and changed records the body is the
+``void``) and the content hash of the exact body, which lives once in ``plan_body`` however
+many plans carry it (a type's plan and the sync plan that merges it share every body). For new and changed records the body is the
 outbound record's at diff time (push refuses the plan if the outbound hash has moved since:
 the plan no longer says what would be sent); for a void it is the voiding version diff made.
 
@@ -12,6 +13,11 @@ Ids are short and typable: ``p<run>-<YYYYMMDD>-<HHMM>`` (UTC), for example
 One open plan per scope: a new diff of the same record types supersedes the open plans before
 it (``status = 'superseded'``), so ``push`` without ``--plan`` always sends the newest review.
 Writes happen inside the caller's transaction.
+
+Plans older than the retention (``plans.retention_days``) are pruned by ``prune_plans``: a
+superseded plan was never sent and loses its records; a pushed plan keeps its records (type,
+id, change, hash: which version of a record went when, for a record's history) and loses only
+the bodies (the ledger holds what Ometria accepted). The open plan is never pruned.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class Plan:
     scope: list[str]
     counts: dict[str, int]
     status: str
+    pruned_at: str | None = None
 
 
 def plan_id_for(run_id: int, at: datetime) -> str:
@@ -53,10 +60,20 @@ def create_plan(conn: sqlite3.Connection, plan_id: str, *, run_id: int | None, s
 
 
 def add_records(conn: sqlite3.Connection, plan_id: str, rows: Iterable[PlanRow]) -> int:
+    rows = list(rows)
+    conn.executemany("INSERT OR IGNORE INTO plan_body(content_hash, body) VALUES (?, ?)",
+                     ((h, b) for _, _, _, h, b in rows))
     cur = conn.executemany(
-        "INSERT INTO plan_record(plan_id, type, id, change, content_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
-        ((plan_id, t, i, c, h, b) for t, i, c, h, b in rows))
+        "INSERT INTO plan_record(plan_id, type, id, change, content_hash) VALUES (?, ?, ?, ?, ?)",
+        ((plan_id, t, i, c, h) for t, i, c, h, _ in rows))
     return cur.rowcount
+
+
+def copy_records(conn: sqlite3.Connection, from_plan: str, to_plan: str) -> int:
+    """Every record of ``from_plan`` into ``to_plan`` too (their bodies are shared, not copied)."""
+    return conn.execute(
+        "INSERT INTO plan_record(plan_id, type, id, change, content_hash)"
+        " SELECT ?, type, id, change, content_hash FROM plan_record WHERE plan_id = ?", (to_plan, from_plan)).rowcount
 
 
 def finish_plan(conn: sqlite3.Connection, plan_id: str, counts: dict[str, int]) -> list[str]:
@@ -70,14 +87,37 @@ def finish_plan(conn: sqlite3.Connection, plan_id: str, counts: dict[str, int]) 
     return older
 
 
+def prune_plans(conn: sqlite3.Connection, *, before: str, now: str) -> dict[str, int]:
+    """Prune the superseded and pushed plans created before ``before`` (ISO UTC): superseded
+    ones lose their records, pushed ones their bodies; then every body no plan record that
+    is kept still needs goes. Returns what went: {plans, records, bodies}."""
+    due = conn.execute(
+        "SELECT id, status FROM plan WHERE status IN ('superseded', 'pushed') AND pruned_at IS NULL AND created_at < ?"
+        " ORDER BY created_at, rowid", (before,)).fetchall()
+    records = bodies = 0
+    hashes: set[str] = set()
+    for plan_id, status in due:
+        hashes.update(h for (h,) in conn.execute("SELECT content_hash FROM plan_record WHERE plan_id = ?", (plan_id,)))
+        if status == "superseded":  # never sent: nothing of it belongs to a record's history
+            records += conn.execute("DELETE FROM plan_record WHERE plan_id = ?", (plan_id,)).rowcount
+        conn.execute("UPDATE plan SET pruned_at = ? WHERE id = ?", (now, plan_id))
+    for digest in sorted(hashes):
+        kept = conn.execute(
+            "SELECT 1 FROM plan_record r JOIN plan p ON p.id = r.plan_id"
+            " WHERE r.content_hash = ? AND p.pruned_at IS NULL LIMIT 1", (digest,)).fetchone()
+        if kept is None:
+            bodies += conn.execute("DELETE FROM plan_body WHERE content_hash = ?", (digest,)).rowcount
+    return {"plans": len(due), "records": records, "bodies": bodies}
+
+
 def get_plan(conn: sqlite3.Connection, plan_id: str) -> Plan | None:
-    row = conn.execute("SELECT id, created_at, run_id, scope, counts, status FROM plan WHERE id = ?",
+    row = conn.execute("SELECT id, created_at, run_id, scope, counts, status, pruned_at FROM plan WHERE id = ?",
                        (plan_id,)).fetchone()
     return _plan(row) if row else None
 
 
 def list_plans(conn: sqlite3.Connection, status: str | None = None) -> list[Plan]:
-    sql = "SELECT id, created_at, run_id, scope, counts, status FROM plan"
+    sql = "SELECT id, created_at, run_id, scope, counts, status, pruned_at FROM plan"
     args: tuple = ()
     if status is not None:
         sql += " WHERE status = ?"
@@ -86,14 +126,15 @@ def list_plans(conn: sqlite3.Connection, status: str | None = None) -> list[Plan
 
 
 def plan_records(conn: sqlite3.Connection, plan_id: str, type_: str | None = None) -> Iterator[PlanRow]:
-    """The plan's records in (type, id) order, streamed."""
-    sql = "SELECT type, id, change, content_hash, body FROM plan_record WHERE plan_id = ?"
+    """The plan's records in (type, id) order, streamed (a pruned plan's records have no body: b"")."""
+    sql = ("SELECT r.type, r.id, r.change, r.content_hash, b.body FROM plan_record r"
+           " LEFT JOIN plan_body b ON b.content_hash = r.content_hash WHERE r.plan_id = ?")
     args: list = [plan_id]
     if type_ is not None:
-        sql += " AND type = ?"
+        sql += " AND r.type = ?"
         args.append(type_)
-    for t, i, c, h, b in conn.execute(sql + " ORDER BY type, id", args):
-        yield t, i, c, h, bytes(b)
+    for t, i, c, h, b in conn.execute(sql + " ORDER BY r.type, r.id", args):
+        yield t, i, c, h, bytes(b) if b is not None else b""
 
 
 def record_count(conn: sqlite3.Connection, plan_id: str) -> int:
@@ -101,4 +142,4 @@ def record_count(conn: sqlite3.Connection, plan_id: str) -> int:
 
 
 def _plan(row: tuple) -> Plan:
-    return Plan(row[0], row[1], row[2], json.loads(row[3] or "[]"), json.loads(row[4] or "{}"), row[5])
+    return Plan(row[0], row[1], row[2], json.loads(row[3] or "[]"), json.loads(row[4] or "{}"), row[5], row[6])

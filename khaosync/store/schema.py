@@ -164,6 +164,42 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "plan bodies stored once by content hash, pruned plans, indexes for the hot lookups",
+        """
+        -- A body planned by several plans (a type's plan and the sync plan that merges it, the
+        -- same unchanged void night after night) is stored once.
+        CREATE TABLE plan_body (
+            content_hash TEXT PRIMARY KEY,  -- sha256 of body
+            body         BLOB NOT NULL
+        );
+        INSERT OR IGNORE INTO plan_body(content_hash, body) SELECT content_hash, body FROM plan_record;
+        CREATE TABLE plan_record_by_hash (
+            plan_id      TEXT NOT NULL REFERENCES plan(id),
+            type         TEXT NOT NULL,
+            id           TEXT NOT NULL,
+            change       TEXT NOT NULL CHECK (change IN ('new', 'changed', 'void')),
+            content_hash TEXT NOT NULL,     -- the body in plan_body (gone once the plan is pruned)
+            PRIMARY KEY (plan_id, type, id)
+        );
+        INSERT INTO plan_record_by_hash(plan_id, type, id, change, content_hash)
+            SELECT plan_id, type, id, change, content_hash FROM plan_record;
+        DROP TABLE plan_record;
+        ALTER TABLE plan_record_by_hash RENAME TO plan_record;
+        CREATE INDEX plan_record_hash ON plan_record(content_hash);
+        -- Set when the plan's bodies were pruned (after plans.retention_days): a pushed plan keeps
+        -- its records (type, id, change, hash: a record's history), a superseded one keeps none.
+        ALTER TABLE plan ADD COLUMN pruned_at TEXT;
+        CREATE INDEX plan_status ON plan(status, created_at);
+
+        CREATE INDEX ledger_request ON ledger(request_id) WHERE request_id IS NOT NULL;
+        CREATE INDEX push_batch_plan ON push_batch(plan_id);
+        CREATE INDEX push_batch_request ON push_batch(request_id) WHERE request_id IS NOT NULL;
+        -- What one run staged: how an incremental map finds what changed.
+        CREATE INDEX staged_run ON staged_record(run_id, entity);
+        CREATE INDEX exception_stage ON exception(stage, resolved_at, entity);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -41,7 +41,7 @@ from khaosync.stages.push import (
     differences,
     push_plan,
 )
-from khaosync.store import StateStore, journal, open_store
+from khaosync.store import StateStore, journal, open_store, plans
 from khaosync.store.db import utcnow
 
 KEY = "sandbox-key"
@@ -88,8 +88,7 @@ def make_plan(store: StateStore, plan_id: str, docs: list[dict], change: str = "
                       "VALUES (?, ?, ?, ?, '[]', ?, ?) ON CONFLICT(type, id) DO UPDATE SET "
                       "content_hash = excluded.content_hash, body = excluded.body, state = 'ready'",
                       (doc["@type"], doc["id"], digest, body, run, now))
-            c.execute("INSERT INTO plan_record(plan_id, type, id, change, content_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
-                      (plan_id, doc["@type"], doc["id"], change, digest, body))
+            plans.add_records(c, plan_id, [(doc["@type"], doc["id"], change, digest, body)])
 
 
 # -- the emulator, a spy, the client ---------------------------------------------------------------
