@@ -110,6 +110,9 @@ class OmetriaSettings(Strict):
     # Push and verification (docs/push.md).
     push_in_flight: int = Field(default=8, ge=1, le=64,
                                 description="push requests kept in flight, so slow answers do not leave the rate unused")
+    read_in_flight: int = Field(default=4, ge=1, le=64,
+                                description="read-back GETs kept in flight (still within read_rate), so slow answers "
+                                            "do not leave the rate unused")
     verify_delay_s: float = Field(default=0.0, ge=0, le=3600,
                                   description="wait before reading back: Ometria stores pushed records asynchronously")
     verify_sample: int = Field(default=20, ge=1, description="records read back per type after a push (--verify sample)")
