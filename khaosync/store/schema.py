@@ -200,6 +200,37 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX exception_stage ON exception(stage, resolved_at, entity);
         """,
     ),
+    (
+        "what map read for each record (reverse lineage), its marks and shared-email decisions",
+        """
+        -- Every (entity, key) map looked up for a record, found or not: a changed input names the
+        -- records to map again. Keys are staged keys, or derived ones ("contact" 7086 for a
+        -- company's contact, "stock_item.stock_code" for an alias).
+        CREATE TABLE map_read (
+            entity TEXT NOT NULL,
+            key    TEXT NOT NULL,
+            type   TEXT NOT NULL,            -- the outbound record that read it
+            id     TEXT NOT NULL,
+            PRIMARY KEY (entity, key, type, id)
+        ) WITHOUT ROWID;
+        CREATE INDEX map_read_record ON map_read(type, id);
+        -- Per CLI entity: the staged runs a completed map had seen, and the mapping it used.
+        CREATE TABLE map_mark (
+            entity     TEXT PRIMARY KEY,     -- products | contacts | orders
+            staged_run INTEGER NOT NULL,
+            mapping    TEXT NOT NULL,        -- sha256 of the mapping rules
+            run_id     INTEGER NOT NULL
+        );
+        -- Shared-email decisions as the last map of each CLI entity made them.
+        CREATE TABLE map_shared (
+            entity     TEXT NOT NULL,
+            contact_id INTEGER NOT NULL,
+            decision   TEXT NOT NULL,        -- withheld | opt_out
+            PRIMARY KEY (entity, contact_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX record_alias_record ON record_alias(entity, key);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

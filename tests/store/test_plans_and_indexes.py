@@ -10,7 +10,7 @@ from khaosync.config import sandbox_profile
 from khaosync.errors import KhaosyncError
 from khaosync.ometria import wire
 from khaosync.stages.push import push_plan
-from khaosync.store import StateStore, journal, open_store, outbound, plans, staging
+from khaosync.store import StateStore, journal, map_state, open_store, outbound, plans, staging
 from khaosync.store import schema
 from khaosync.store.db import utcnow
 
@@ -143,6 +143,15 @@ def _lookups(conn: sqlite3.Connection, store: StateStore) -> None:
     outbound.existing(conn, "order", ["1", "2"])
     outbound.get(conn, "order", "1")
     store.resolve_unseen_exceptions(10**6, "map", ["malformed_record"], entity="sales_order")
+    map_state.latest_staged_run(conn)
+    map_state.staged_since(conn, 0, 10**6)
+    map_state.versions(conn, "sales_order", "3")
+    map_state.aliases(conn, "sales_order", "3")
+    map_state.readers(conn, [("stock_item", "300"), ("contact", "7001")], "order")
+    map_state.replace_reads(conn, "order", {"3": {("stock_item", "300")}})
+    map_state.get_mark(conn, "orders")
+    map_state.shared_decisions(conn, "orders")
+    staging.current_of(conn, "sales_order", ["1", "2"])
 
 
 def test_every_hot_lookup_uses_an_index(tmp_path):
