@@ -189,7 +189,7 @@ def worker(state: Path, orders: int, nights: int, seed: int) -> list[dict]:
             times["stage change"] = time.perf_counter() - started
             run = store.start_run("sync", profile.name)
             started = time.perf_counter()
-            mapped = map_records(store, profile, run_id=run)
+            mapped = map_records(store, profile, run_id=run, incremental=True)  # as sync maps
             times["map"] = time.perf_counter() - started
             started = time.perf_counter()
             diffs = diff_all(store, profile, run_id=run)

@@ -14,10 +14,11 @@ One open plan per scope: a new diff of the same record types supersedes the open
 it (``status = 'superseded'``), so ``push`` without ``--plan`` always sends the newest review.
 Writes happen inside the caller's transaction.
 
-Plans older than the retention (``plans.retention_days``) are pruned by ``prune_plans``: a
-superseded plan was never sent and loses its records; a pushed plan keeps its records (type,
-id, change, hash: which version of a record went when, for a record's history) and loses only
-the bodies (the ledger holds what Ometria accepted). The open plan is never pruned.
+Plans older than the retention (``plans.retention_days``) are pruned by ``prune_plans``: the
+plan row stays (id, time, scope, counts, status, ``pruned_at``), its records and the bodies no
+kept plan carries go. A record's history does not need them: the push journal
+(``push_batch.records``: id and hash per batch, with its plan and time) says which version went
+when, and the ledger holds the body Ometria accepted last. The open plan is never pruned.
 """
 
 from __future__ import annotations
@@ -88,9 +89,8 @@ def finish_plan(conn: sqlite3.Connection, plan_id: str, counts: dict[str, int]) 
 
 
 def prune_plans(conn: sqlite3.Connection, *, before: str, now: str) -> dict[str, int]:
-    """Prune the superseded and pushed plans created before ``before`` (ISO UTC): superseded
-    ones lose their records, pushed ones their bodies; then every body no plan record that
-    is kept still needs goes. Returns what went: {plans, records, bodies}."""
+    """Prune the superseded and pushed plans created before ``before`` (ISO UTC): their
+    records go, and every body no kept plan still carries. Returns {plans, records, bodies}."""
     due = conn.execute(
         "SELECT id, status FROM plan WHERE status IN ('superseded', 'pushed') AND pruned_at IS NULL AND created_at < ?"
         " ORDER BY created_at, rowid", (before,)).fetchall()
@@ -98,13 +98,10 @@ def prune_plans(conn: sqlite3.Connection, *, before: str, now: str) -> dict[str,
     hashes: set[str] = set()
     for plan_id, status in due:
         hashes.update(h for (h,) in conn.execute("SELECT content_hash FROM plan_record WHERE plan_id = ?", (plan_id,)))
-        if status == "superseded":  # never sent: nothing of it belongs to a record's history
-            records += conn.execute("DELETE FROM plan_record WHERE plan_id = ?", (plan_id,)).rowcount
+        records += conn.execute("DELETE FROM plan_record WHERE plan_id = ?", (plan_id,)).rowcount
         conn.execute("UPDATE plan SET pruned_at = ? WHERE id = ?", (now, plan_id))
     for digest in sorted(hashes):
-        kept = conn.execute(
-            "SELECT 1 FROM plan_record r JOIN plan p ON p.id = r.plan_id"
-            " WHERE r.content_hash = ? AND p.pruned_at IS NULL LIMIT 1", (digest,)).fetchone()
+        kept = conn.execute("SELECT 1 FROM plan_record WHERE content_hash = ? LIMIT 1", (digest,)).fetchone()
         if kept is None:
             bodies += conn.execute("DELETE FROM plan_body WHERE content_hash = ?", (digest,)).rowcount
     return {"plans": len(due), "records": records, "bodies": bodies}

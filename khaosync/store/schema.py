@@ -179,7 +179,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             type         TEXT NOT NULL,
             id           TEXT NOT NULL,
             change       TEXT NOT NULL CHECK (change IN ('new', 'changed', 'void')),
-            content_hash TEXT NOT NULL,     -- the body in plan_body (gone once the plan is pruned)
+            content_hash TEXT NOT NULL,     -- the body in plan_body
             PRIMARY KEY (plan_id, type, id)
         );
         INSERT INTO plan_record_by_hash(plan_id, type, id, change, content_hash)
@@ -187,8 +187,8 @@ MIGRATIONS: list[tuple[str, str]] = [
         DROP TABLE plan_record;
         ALTER TABLE plan_record_by_hash RENAME TO plan_record;
         CREATE INDEX plan_record_hash ON plan_record(content_hash);
-        -- Set when the plan's bodies were pruned (after plans.retention_days): a pushed plan keeps
-        -- its records (type, id, change, hash: a record's history), a superseded one keeps none.
+        -- Set when the plan's records were pruned (after plans.retention_days); the push journal
+        -- (push_batch.records) keeps which version of a record went when.
         ALTER TABLE plan ADD COLUMN pruned_at TEXT;
         CREATE INDEX plan_status ON plan(status, created_at);
 

@@ -67,7 +67,7 @@ def test_upgrade_moves_plan_bodies_into_the_body_table(tmp_path, monkeypatch):
         assert "body" not in columns
 
 
-def test_pruning_keeps_the_open_plan_the_recent_ones_and_what_history_needs(tmp_path):
+def test_pruning_keeps_the_open_plan_the_recent_ones_and_the_bodies_they_carry(tmp_path):
     now = datetime.now(UTC)
     old, recent = now - timedelta(days=40), now - timedelta(days=2)
     with open_store(tmp_path / "state.db") as store:
@@ -78,14 +78,13 @@ def test_pruning_keeps_the_open_plan_the_recent_ones_and_what_history_needs(tmp_
         with store.transaction() as conn:
             gone = plans.prune_plans(conn, before=(now - timedelta(days=30)).isoformat(timespec="microseconds"),
                                      now=utcnow())
-        assert gone == {"plans": 2, "records": 2, "bodies": 3}  # Old mug 1 and 2, Mug 1; Mug 3 is still needed
+        assert gone == {"plans": 2, "records": 4, "bodies": 3}  # Old mug 1 and 2, Mug 1; Mug 3 is still needed
         kept = {p.id: p.pruned_at is not None for p in plans.list_plans(store.conn)}
         assert kept == {"superseded-old": True, "pushed-old": True, "open-old": False, "pushed-recent": False}
-        # The pushed plan keeps which version of which record it carried; only the bytes went.
-        assert [(i, h) for _, i, _, h, _ in plans.plan_records(store.conn, "pushed-old")] == \
-            [("1", _body("1")[0]), ("3", _body("3")[0])]
-        assert [b for *_, b in plans.plan_records(store.conn, "pushed-old")] == [b"", _body("3")[1]]
+        assert list(plans.plan_records(store.conn, "pushed-old")) == []
         assert list(plans.plan_records(store.conn, "superseded-old")) == []
+        assert [b for *_, b in plans.plan_records(store.conn, "pushed-recent")] == [_body("3")[1]]
+        assert _count(store, "plan_body") == 2
         assert [b for *_, b in plans.plan_records(store.conn, "open-old")] == [_body("4")[1]]
         with store.transaction() as conn:  # a second pass finds nothing more to do
             assert plans.prune_plans(conn, before=now.isoformat(timespec="microseconds"), now=utcnow())["plans"] == 1
