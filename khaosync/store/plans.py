@@ -94,16 +94,18 @@ def prune_plans(conn: sqlite3.Connection, *, before: str, now: str) -> dict[str,
     due = conn.execute(
         "SELECT id, status FROM plan WHERE status IN ('superseded', 'pushed') AND pruned_at IS NULL AND created_at < ?"
         " ORDER BY created_at, rowid", (before,)).fetchall()
-    records = bodies = 0
-    hashes: set[str] = set()
-    for plan_id, status in due:
-        hashes.update(h for (h,) in conn.execute("SELECT content_hash FROM plan_record WHERE plan_id = ?", (plan_id,)))
+    if not due:
+        return {"plans": 0, "records": 0, "bodies": 0}
+    records = 0
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS prune_hash (content_hash TEXT PRIMARY KEY) WITHOUT ROWID")
+    for plan_id, _status in due:
+        conn.execute("INSERT OR IGNORE INTO temp.prune_hash SELECT content_hash FROM plan_record WHERE plan_id = ?",
+                     (plan_id,))
         records += conn.execute("DELETE FROM plan_record WHERE plan_id = ?", (plan_id,)).rowcount
         conn.execute("UPDATE plan SET pruned_at = ? WHERE id = ?", (now, plan_id))
-    for digest in sorted(hashes):
-        kept = conn.execute("SELECT 1 FROM plan_record WHERE content_hash = ? LIMIT 1", (digest,)).fetchone()
-        if kept is None:
-            bodies += conn.execute("DELETE FROM plan_body WHERE content_hash = ?", (digest,)).rowcount
+    bodies = conn.execute("""DELETE FROM plan_body WHERE content_hash IN (SELECT content_hash FROM temp.prune_hash)
+        AND NOT EXISTS (SELECT 1 FROM plan_record r WHERE r.content_hash = plan_body.content_hash)""").rowcount
+    conn.execute("DROP TABLE temp.prune_hash")
     return {"plans": len(due), "records": records, "bodies": bodies}
 
 
