@@ -509,6 +509,7 @@ def diff_all(store: StateStore, profile: Profile, entities: Iterable[str] = ("pr
     diff of that type alone would. Diffs read nothing the detectors write and write nothing
     they read (plans only), so running them first changes no finding."""
     entities = list(entities)
+    changed = kwargs.pop("changed", None)  # entity -> keys the incremental map looked at (sync)
     shared_run = kwargs.get("run_id") is not None  # sync's run: one detector pass for it
     if not shared_run or not kwargs.get("detect", True) or kwargs.get("keys") or kwargs.get("live_client") is not None:
         return [diff_records(store, profile, e, **kwargs) for e in entities]
@@ -516,7 +517,7 @@ def diff_all(store: StateStore, profile: Profile, entities: Iterable[str] = ("pr
     if kwargs.get("mapping") is None:
         kwargs["mapping"] = load_mapping_for(profile)
     findings = run_detectors(store, profile, live_client=None, owners=kwargs.get("owners"), stage=STAGE,
-                             scope=set(types), run_id=kwargs["run_id"], mapping=kwargs["mapping"])
+                             scope=set(types), run_id=kwargs["run_id"], mapping=kwargs["mapping"], changed=changed)
     scopes = {c.name: c.scope for c in selected_checks(live=False, scope=set(types))}
     results = [diff_records(store, profile, e, **{**kwargs, "detect": False}) for e in entities]
     for result in results:

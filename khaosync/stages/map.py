@@ -104,6 +104,7 @@ class MapResult:
     fail_findings: int = 0  # fail-severity map exceptions open for this run
     mappings: tuple[str, ...] = ()
     incremental: dict[str, bool] = field(default_factory=dict)  # per entity: only what changed was mapped
+    looked_at: dict[str, set[str]] = field(default_factory=dict)  # staged entity -> keys mapped again (incremental)
 
     def as_dict(self) -> dict:
         return {
@@ -550,6 +551,7 @@ def map_records(store: StateStore, profile: Profile, *, entities: list[str] | No
         if "orders" in names:
             run.orders(result.entities["orders"], keys["orders"])
         result.incremental = {n: k is not None for n, k in keys.items()}
+        result.looked_at = {ENTITIES[n]: k for n, k in keys.items() if k is not None}
         with store.transaction() as conn:
             for name in names:
                 chosen = keys[name]

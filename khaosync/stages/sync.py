@@ -113,7 +113,7 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
                 pulled.fail_findings += more.fail_findings
         assert pulled is not None
         mapped = map_records(store, profile, entities=chosen, progress=progress, run_id=run_id, incremental=True)
-        diffs = diff_all(store, profile, chosen, run_id=run_id)
+        diffs = diff_all(store, profile, chosen, run_id=run_id, changed=mapped.looked_at)
         plan_id = _merge_plans(store, run_id, diffs)
         pushed = push_plan(store, profile, client if commit else None, plan_id, commit=commit, verify=verify,
                            progress=progress)

@@ -1,5 +1,7 @@
 """An incremental map leaves exactly what a full map leaves: the same outbound records and the
-same open findings, after random changes to orders, customers, stock items and credit notes.
+same open findings, after random changes to orders, customers, stock items and credit notes;
+and sync's diff, its detectors scoped to what that map looked at again, the findings of a
+full scan.
 
 The planted sandbox is pulled and mapped once; each example copies that store twice, applies
 the same changes (as new staged versions, the way pull stages them) to both, and maps one
@@ -20,6 +22,7 @@ from khaosync.config import sandbox_profile
 from khaosync.khaos.soap import KhaosClient
 from khaosync.mapping import load_mapping
 from khaosync.sandbox.server import SandboxApp
+from khaosync.stages.diff import diff_all
 from khaosync.stages.map import map_records
 from khaosync.stages.pull import FileSource, SoapSource, pull
 from khaosync.store import open_store, staging
@@ -77,6 +80,10 @@ def apply(conn, run_id: int, op: tuple[str, int, int]) -> None:
     elif kind == "order_product":  # a line pointing at another (maybe unknown) stock item
         order["lines"][0]["stock_id"] = int(items[b % len(items)]) if b % 4 else 999999
         _stage(conn, run_id, "sales_order", str(order["sorder_id"]), order)
+    elif kind == "order_pending_product":  # not sent yet (no invoice), so only the detector sees its line
+        order["invoices"] = []
+        order["lines"][0]["stock_id"] = 999999 if b % 2 else int(items[b % len(items)])
+        _stage(conn, run_id, "sales_order", str(order["sorder_id"]), order)
     elif kind == "order_raw_only":
         _stage(conn, run_id, "sales_order", str(order["sorder_id"]), None, b"<SALES_ORDER broken")
     elif kind == "order_new":
@@ -125,7 +132,8 @@ def apply(conn, run_id: int, op: tuple[str, int, int]) -> None:
         _stage(conn, run_id, "credit_note", str(700000 + b), note)
 
 
-KINDS = ["order_ref", "order_despatched", "order_qty", "order_product", "order_raw_only", "order_new",
+KINDS = ["order_ref", "order_despatched", "order_qty", "order_product", "order_pending_product", "order_raw_only",
+         "order_new",
          "order_customer", "company_shared_email", "company_name", "company_opt_out", "company_inactive",
          "stock_rename", "stock_price", "credit_move", "credit_new"]
 ops = st.tuples(st.sampled_from(KINDS), st.integers(0, 10_000), st.integers(0, 10_000))
@@ -152,10 +160,15 @@ def run_days(state: Path, plan: list[list[tuple]], *, incremental: bool):
             store.finish_run(run_id, "ok", {})
             # Each day's map, one way or the other: a raw-only version keeps the last body mapped.
             result = map_records(store, profile, mapping=MAPPING, incremental=incremental)
+            # ... and the day's diff as sync runs it: its detectors scoped to what map looked at.
+            sync_run = store.start_run("sync", "test")
+            diff_all(store, profile, ["products", "contacts", "orders"], run_id=sync_run, mapping=MAPPING,
+                     changed=result.looked_at if incremental else None)
+            store.finish_run(sync_run, "ok", {})
     return result
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=days)
 def test_an_incremental_map_leaves_what_a_full_map_leaves(mapped_once, tmp_path_factory, plan):
     folder = tmp_path_factory.mktemp("example")
