@@ -32,7 +32,7 @@ from khaosync.ometria import wire
 from khaosync.ometria.client import OmetriaClient
 from khaosync.sandbox.server import Faults, SandboxApp, ServedSandbox
 from khaosync.stages.push import push_plan
-from khaosync.store import open_store
+from khaosync.store import open_store, plans
 from khaosync.store.db import utcnow
 
 KEY = "bench-key"
@@ -70,8 +70,7 @@ def plant_plan(state: Path, plan_id: str, docs: list[dict]) -> None:
                 digest = wire.content_hash(body)
                 c.execute("INSERT INTO outbound_record(type, id, content_hash, body, lineage, run_id, mapped_at) "
                           "VALUES (?, ?, ?, ?, '[]', ?, ?)", (doc["@type"], doc["id"], digest, body, run, now))
-                c.execute("INSERT INTO plan_record(plan_id, type, id, change, content_hash, body) "
-                          "VALUES (?, ?, ?, 'new', ?, ?)", (plan_id, doc["@type"], doc["id"], digest, body))
+                plans.add_records(c, plan_id, [(doc["@type"], doc["id"], "new", digest, body)])
 
 
 def measure(base_url: str, folder: Path, label: str, count: int, in_flight: int) -> dict:

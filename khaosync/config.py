@@ -121,6 +121,9 @@ class OmetriaSettings(Strict):
     # Push and verification (docs/push.md).
     push_in_flight: int = Field(default=8, ge=1, le=64,
                                 description="push requests kept in flight, so slow answers do not leave the rate unused")
+    read_in_flight: int = Field(default=4, ge=1, le=64,
+                                description="read-back GETs kept in flight (still within read_rate), so slow answers "
+                                            "do not leave the rate unused")
     verify_delay_s: float = Field(default=0.0, ge=0, le=3600,
                                   description="wait before reading back: Ometria stores pushed records asynchronously")
     verify_sample: int = Field(default=20, ge=1, description="records read back per type after a push (--verify sample)")
@@ -162,6 +165,12 @@ class PullSettings(Strict):
         default="all", description="stock levels read each run for every staged item, only changed ones, or none")
 
 
+class PlanSettings(Strict):
+    """How long plans keep their bodies (see docs/diff.md, "Plans in the state file")."""
+
+    retention_days: int = Field(default=30, ge=0, description="superseded and pushed plans older than this are pruned")
+
+
 class SandboxSettings(Strict):
     path: str = DEFAULT_SANDBOX_PATH
 
@@ -177,6 +186,7 @@ class Profile(Strict):
     state: str = DEFAULT_STATE_PATH
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     pull: PullSettings = Field(default_factory=PullSettings)
+    plans: PlanSettings = Field(default_factory=PlanSettings)
     source: str | None = Field(default=None, description="the config file this came from, if any")
 
     @model_validator(mode="after")

@@ -46,6 +46,7 @@ ometria:                        # Ometria's Data API (docs/push.md)
   store: null                   # Ometria store id for orders and products, if the account has several
   push_rate: 4.0                # push requests/s (older docs say 4, current ones 8)
   read_rate: 4.0                # read requests/s (diff --live, reconcile --live, verification)
+  read_in_flight: 4             # read-back GETs kept in flight during verification, all within read_rate
   timeout_s: 30.0               # seconds per request
   retries: 5                    # retries after 429/5xx/timeouts (0-20)
   push_in_flight: 8             # push requests kept in flight (1-64)
@@ -67,6 +68,9 @@ pull:                           # how far back pull reads (docs/pull.md)
   order_status_lookback_days: 60  # completed orders placed this recently are asked their status again
   reexport_open_orders: false   # true: export those orders again too (edits that leave totals alone)
   stock_status: all             # stock levels each run: all staged items | changed | off
+
+plans:                          # the plans diff makes (docs/diff.md)
+  retention_days: 30            # superseded and pushed plans older than this lose their bodies (the row stays)
 
 sandbox:                        # only used by a sandbox profile
   path: .khaosync/sandbox       # where `khaosync sandbox init` plants the emulated merchant

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 from khaosync.config import Profile
 from khaosync.findings import owner_of, severity_of
 from khaosync.store import StateStore
+from khaosync.store.db import utcnow
 
 if TYPE_CHECKING:
     from khaosync.detectors.live import LiveSnapshot
@@ -84,6 +85,9 @@ class Check:
     run: Callable[["DetectorContext"], Iterable[Finding]]
     mode: Mode = "always"
     scope: frozenset[str] = RECORD_TYPES
+    # The same question over some records of ``entity`` only (``changed`` in run_detectors):
+    # its findings about other records are carried forward, not closed.
+    scoped: Callable[["DetectorContext", set[str]], Iterable[Finding]] | None = None
 
 
 @dataclass
@@ -160,13 +164,16 @@ def selected_checks(*, live: bool, scope: Iterable[str] | None) -> list[Check]:
 def run_detectors(store: StateStore, profile: Profile, *, live_client: Any = None,
                   owners: dict[str, str] | None = None, stage: str = "diff", scope: Iterable[str] | None = None,
                   run_id: int | None = None, mapping: Any = None, now: datetime | None = None,
-                  stall_after: timedelta = STALL_AFTER) -> list[Finding]:
+                  stall_after: timedelta = STALL_AFTER, changed: dict[str, set[str]] | None = None) -> list[Finding]:
     """Run every detector check that applies, record the findings, resolve what is gone.
 
     ``live_client``: an ``OmetriaClient`` (or a ``LiveSnapshot``) to run the live checks too.
     ``owners``: exception type -> owner (default: the mapping file's ``owners``, then
     ``khaosync.findings``). ``scope``: record types (``{"order"}``) whose checks run; None
-    runs them all (``health``). Returns the findings with severity, owner and exception id.
+    runs them all (``health``). ``changed``: entity -> the keys whose answers may have moved
+    (sync's incremental map); a check that can (``Check.scoped``) then looks at those records
+    only and closes only their findings. Returns the findings with severity, owner and
+    exception id.
     """
     from khaosync.detectors.live import as_snapshot
 
@@ -183,12 +190,16 @@ def run_detectors(store: StateStore, profile: Profile, *, live_client: Any = Non
     try:
         checks = selected_checks(live=snapshot is not None, scope=scope)
         found: list[Finding] = []
+        narrowed: dict[tuple[str, str], set[str]] = {}  # (type, entity) -> the keys looked at
         for check in checks:
-            for finding in check.run(ctx):
+            keys = (changed or {}).get(check.entity) if check.scoped is not None else None
+            if keys is not None:
+                narrowed[(check.type, check.entity)] = keys
+            for finding in (check.run(ctx) if keys is None else check.scoped(ctx, keys)):  # type: ignore[misc]
                 found.append(replace(finding, severity=finding.severity or severity_of(finding.type),
                                      owner=owner_of(finding.type, owners), stage=stage, check=check.name,
                                      rule=check.rule))
-        recorded = _record(store, run_id, stage, checks, found)  # type: ignore[arg-type]
+        recorded = _record(store, run_id, stage, checks, found, narrowed)  # type: ignore[arg-type]
     except BaseException:
         if own_run:
             store.finish_run(run_id, "failed")  # type: ignore[arg-type]
@@ -201,7 +212,8 @@ def run_detectors(store: StateStore, profile: Profile, *, live_client: Any = Non
     return recorded
 
 
-def _record(store: StateStore, run_id: int, stage: str, checks: list[Check], found: list[Finding]) -> list[Finding]:
+def _record(store: StateStore, run_id: int, stage: str, checks: list[Check], found: list[Finding],
+            narrowed: dict[tuple[str, str], set[str]] | None = None) -> list[Finding]:
     recorded: list[Finding] = []
     with store.transaction() as conn:
         open_rows = _open_rows(conn, {c.type for c in checks})
@@ -222,9 +234,24 @@ def _record(store: StateStore, run_id: int, stage: str, checks: list[Check], fou
                 records=records, entity=finding.entity, record_key=finding.key, detail=detail)
             recorded.append(replace(finding, exception_id=exception_id, stage=row_stage))
         for type_, entity in sorted({(c.type, c.entity) for c in checks}):
+            keys = (narrowed or {}).get((type_, entity))
             for detector_stage in sorted({stage, *DETECTOR_STAGES}):
-                store.resolve_unseen_exceptions(run_id, detector_stage, [type_], entity)
+                if keys is None:
+                    store.resolve_unseen_exceptions(run_id, detector_stage, [type_], entity)
+                else:
+                    _resolve_unseen_of(conn, run_id, detector_stage, type_, entity, keys)
     return recorded
+
+
+def _resolve_unseen_of(conn: Any, run_id: int, stage: str, type_: str, entity: str, keys: set[str]) -> None:
+    """Close the unseen findings of these records only (a scoped check carries the rest)."""
+    ordered = sorted(keys)
+    now = utcnow()
+    for start in range(0, len(ordered), 500):
+        part = ordered[start:start + 500]
+        conn.execute(f"UPDATE exception SET resolved_at = ? WHERE resolved_at IS NULL AND stage = ? AND type = ?"
+                     f" AND entity = ? AND last_run < ? AND record_key IN ({','.join('?' * len(part))})",
+                     (now, stage, type_, entity, run_id, *part))
 
 
 def _open_rows(conn: Any, types: set[str]) -> dict[tuple[str, str, str], tuple[int, str]]:

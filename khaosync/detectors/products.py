@@ -64,20 +64,32 @@ def catalogue(ctx: DetectorContext) -> dict[str, _Item]:
     return ctx.cache["catalogue"]
 
 
-def _lines(ctx: DetectorContext) -> Iterator[tuple[str, int, str | None, str]]:
-    """(sales order key, line number, stock id, stock code) of every staged order line."""
-    for key, index, stock_id, code in ctx.conn.execute(
-            "SELECT s.key, CAST(l.key AS INTEGER) + 1, json_extract(l.value, '$.stock_id'), "
-            "json_extract(l.value, '$.stock_code') FROM staged_record s, json_each(s.parsed, '$.lines') l "
-            "WHERE s.entity = 'sales_order' AND s.current = 1 AND s.parsed IS NOT NULL"):
-        yield key, index, None if stock_id is None else str(stock_id), code or ""
+_LINES = ("SELECT s.key, CAST(l.key AS INTEGER) + 1, json_extract(l.value, '$.stock_id'), "
+          "json_extract(l.value, '$.stock_code') FROM staged_record s, json_each(s.parsed, '$.lines') l "
+          "WHERE s.entity = 'sales_order' AND s.current = 1 AND s.parsed IS NOT NULL")
 
 
-def unknown_product(ctx: DetectorContext) -> Iterator[Finding]:
+def _lines(ctx: DetectorContext, keys: set[str] | None = None) -> Iterator[tuple[str, int, str | None, str]]:
+    """(sales order key, line number, stock id, stock code) of every staged order line (of
+    the orders ``keys`` only, when given)."""
+    if keys is None:
+        batches: list[tuple[str, list[str]]] = [(_LINES, [])]
+    else:
+        ordered = sorted(keys)
+        batches = [(_LINES + f" AND s.key IN ({','.join('?' * len(part))})", part)
+                   for part in (ordered[i:i + 500] for i in range(0, len(ordered), 500))]
+    for sql, args in batches:
+        for key, index, stock_id, code in ctx.conn.execute(sql, args):
+            yield key, index, None if stock_id is None else str(stock_id), code or ""
+
+
+def unknown_product(ctx: DetectorContext, keys: set[str] | None = None) -> Iterator[Finding]:
+    """Also scoped (``keys``: the sales orders the incremental map looked at again, which are
+    every order whose lines, stock items, codes or styles changed: the same reads)."""
     items = catalogue(ctx)
     by_code = {item.code: item for item in items.values()}
     problems: dict[str, list[str]] = {}
-    for key, number, stock_id, code in _lines(ctx):
+    for key, number, stock_id, code in _lines(ctx, keys):
         item = items.get(stock_id) if stock_id is not None else by_code.get(code)
         what = f"line {number} (stock_id {stock_id or '-'}, code {code or '-'})"
         if item is None:
@@ -220,7 +232,8 @@ def ometria_order_lines(ctx: DetectorContext) -> Iterator[Finding]:
 ORDERS_AND_PRODUCTS = frozenset({"order", "product"})
 CHECKS = [
     Check("products.unknown_product", TYPE, "sales_order",
-          "a KC order line whose stock item (or its parent) is not staged", unknown_product, scope=ORDERS_AND_PRODUCTS),
+          "a KC order line whose stock item (or its parent) is not staged", unknown_product, scope=ORDERS_AND_PRODUCTS,
+          scoped=unknown_product),
     Check("products.stock_item", TYPE, "stock_item",
           "a renamed stock code Ometria does not hold yet; a product without title, price above zero or url; "
           "malformed attributes", stock_item, scope=ORDERS_AND_PRODUCTS),

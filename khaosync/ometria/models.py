@@ -105,6 +105,29 @@ def _iso_z(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+_JSON_SCALARS = (str, int, Decimal, type(None))  # bool is an int
+
+
+def _json_values(value: dict[str, Any]) -> dict[str, Any]:
+    # Free-form properties hold only what JSON writes exactly: the wire encoder trusts a
+    # validated record and does not look again (a float would be sent as a lossy number).
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, float):
+                raise ValueError(f"a float is not exact: {child!r}; use Decimal or a string")
+            if isinstance(child, dict):
+                if not all(isinstance(k, str) for k in child):
+                    raise ValueError("property keys must be strings")
+                stack.append(child)
+            elif isinstance(child, (list, tuple)):
+                stack.append(child)
+            elif not isinstance(child, _JSON_SCALARS) or isinstance(child, Decimal) and not child.is_finite():
+                raise ValueError(f"not a JSON value: {type(child).__name__}")
+    return value
+
+
 def _event_type(value: str) -> str:
     if not value.strip() or len(value) > MAX_EVENT_TYPE_CHARS:
         raise ValueError(f"event_type must be 1 to {MAX_EVENT_TYPE_CHARS} characters: {value!r}")
@@ -124,6 +147,8 @@ Timestamp = Annotated[datetime, AfterValidator(_aware_utc), PlainSerializer(_iso
 """A zoned datetime, sent as UTC ``YYYY-MM-DDTHH:MM:SSZ``."""
 IsoDate = Annotated[date, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
 EventType = Annotated[str, AfterValidator(_event_type)]
+Properties = Annotated[dict[str, Any], AfterValidator(_json_values)]
+"""Free-form properties: strings, integers, booleans, exact Decimals, lists and objects only."""
 
 
 class MarketingOptin(StrEnum):
@@ -154,7 +179,7 @@ class OmetriaRecord(_Part):
 
     def encode(self) -> bytes:
         """The exact bytes push sends; ``wire.RecordTooLarge`` over Ometria's 60 KB limit."""
-        body = wire.dumps(self.to_wire())
+        body = wire.dumps_valid(self.to_wire())
         wire.check_size(self.TYPE, self.id, body)  # type: ignore[attr-defined]
         return body
 
@@ -194,7 +219,7 @@ class Contact(OmetriaRecord):
     timestamp_unsubscribed: Timestamp | None = None
     add_to_lists: list[str | int] | None = Field(None, alias="@add_to_lists")
     remove_from_lists: list[str | int] | None = Field(None, alias="@remove_from_lists")
-    properties: dict[str, Any] | None = None
+    properties: Properties | None = None
 
 
 # -- order -----------------------------------------------------------------------------------
@@ -236,7 +261,7 @@ class LineItem(_Part):
     refunded: Money | None = None
     is_on_sale: bool | None = None
     variant_options: list[VariantOption] | None = None
-    properties: dict[str, Any] | None = None
+    properties: Properties | None = None
 
     def amounts(self) -> list[Decimal]:
         return [v for v in (self.unit_price, self.subtotal, self.discount, self.tax, self.total, self.refunded)
@@ -268,7 +293,7 @@ class Order(OmetriaRecord):
     shipping_method: str | None = None
     billing_address: OrderAddress | None = None
     shipping_address: OrderAddress | None = None
-    properties: dict[str, Any] | None = None
+    properties: Properties | None = None
     lineitems: list[LineItem]
 
     @model_validator(mode="after")
@@ -332,7 +357,7 @@ class Product(OmetriaRecord):
     is_variant: bool | None = None
     attributes: list[Attribute] | None = None
     listings: list[Listing] | None = None
-    properties: dict[str, Any] | None = None
+    properties: Properties | None = None
 
     def missing_for_recommendations(self) -> list[str]:
         """What Ometria's recommendations need on a parent product and this one lacks."""
@@ -358,7 +383,7 @@ class CustomEvent(OmetriaRecord):
     timestamp: Timestamp
     identity_email: Email | None = None
     identity_account_id: Identifier | None = None
-    properties: dict[str, Any] | None = None
+    properties: Properties | None = None
 
     @model_validator(mode="after")
     def _names_someone(self) -> "CustomEvent":

@@ -39,12 +39,12 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Iterable, Iterator
 
 from khaosync.config import Profile
-from khaosync.detectors import Finding, load_mapping_for, run_detectors
+from khaosync.detectors import Finding, load_mapping_for, run_detectors, selected_checks
 from khaosync.detectors.live import LiveSnapshot, OmetriaReader, as_snapshot
 from khaosync.errors import ConfigError
 from khaosync.ometria import wire
@@ -183,6 +183,7 @@ class DiffResult:
     listed: int = 0       # how many matched --field (records holds at most --limit of them)
     planned: int = 0      # plan records written (new + changed + void)
     superseded: list[str] = field(default_factory=list)
+    pruned: dict[str, int] = field(default_factory=dict)  # what prune_plans removed (plans.retention_days)
     findings: list[Finding] = field(default_factory=list)
     keys: list[str] | None = None
     fields_filter: list[str] | None = None
@@ -516,6 +517,8 @@ def diff_records(store: StateStore, profile: Profile, entity: str, *,
                 differ.against_live(snapshot, keys)
             plan_counts = {c: result.counts[c] for c in ("new", "changed", "unchanged", "void")}
             result.superseded = plans.finish_plan(conn, plan_id, plan_counts)
+            cutoff = now - timedelta(days=profile.plans.retention_days)
+            result.pruned = plans.prune_plans(conn, before=cutoff.isoformat(timespec="microseconds"), now=utcnow())
     except BaseException:
         if own_run:
             store.finish_run(run_id, "failed")
@@ -531,5 +534,24 @@ def diff_records(store: StateStore, profile: Profile, entity: str, *,
 
 def diff_all(store: StateStore, profile: Profile, entities: Iterable[str] = ("products", "contacts", "orders"),
              **kwargs: Any) -> list[DiffResult]:
-    """Diff several types in push order (``sync``): one plan per type."""
-    return [diff_records(store, profile, e, **kwargs) for e in entities]
+    """Diff several types in push order (``sync``): one plan per type.
+
+    Within one run (``run_id``, as sync gives), the detectors run once for all the types (a
+    check covering products and orders used to run in both diffs); each result holds the findings of the checks its type covers, as a
+    diff of that type alone would. Diffs read nothing the detectors write and write nothing
+    they read (plans only), so running them first changes no finding."""
+    entities = list(entities)
+    changed = kwargs.pop("changed", None)  # entity -> keys the incremental map looked at (sync)
+    shared_run = kwargs.get("run_id") is not None  # sync's run: one detector pass for it
+    if not shared_run or not kwargs.get("detect", True) or kwargs.get("keys") or kwargs.get("live_client") is not None:
+        return [diff_records(store, profile, e, **kwargs) for e in entities]
+    types = [entity_type(e) for e in entities]
+    if kwargs.get("mapping") is None:
+        kwargs["mapping"] = load_mapping_for(profile)
+    findings = run_detectors(store, profile, live_client=None, owners=kwargs.get("owners"), stage=STAGE,
+                             scope=set(types), run_id=kwargs["run_id"], mapping=kwargs["mapping"], changed=changed)
+    scopes = {c.name: c.scope for c in selected_checks(live=False, scope=set(types))}
+    results = [diff_records(store, profile, e, **{**kwargs, "detect": False}) for e in entities]
+    for result in results:
+        result.findings = [f for f in findings if result.type in scopes.get(f.check or "", frozenset())]
+    return results

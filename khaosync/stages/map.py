@@ -17,10 +17,21 @@ Memory stays bounded by the catalogue and the customer base, never by the number
 Mapping the same staged records twice gives byte-identical bodies and writes nothing the
 second time (``store.outbound.write`` skips unchanged rows). Findings this run no longer
 sees are resolved for the entities it mapped.
+
+Incremental (``incremental=True``, what ``sync`` runs): only what changed is mapped again. The
+records staged since the entity's last completed map (``map_mark``, found through the staging
+run index) name what changed; every record's *reads* (``map_read``: each (entity, key) its
+mapping looked up, found or not) give the reverse lineage, so a changed customer, stock item,
+alias or credit note maps again the orders that used it, and a changed shared-email decision
+the contacts and orders it touches. Checks that look at everything at once (shared emails,
+credit notes without their order) still run whole, over SQL indexes. A finding of a record that
+was not mapped again stays open (carried forward); only the records looked at again, and the
+whole-store checks, close what they no longer see. Another mapping, or no mark yet, maps all.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,7 +49,7 @@ from khaosync.mapping.products import ProductRef, map_stock_item
 from khaosync.mapping.schema import Mapping, load_mapping
 from khaosync.ometria import wire
 from khaosync.ometria.models import MarketingOptin
-from khaosync.store import StateStore, outbound, staging
+from khaosync.store import StateStore, map_state, outbound, staging
 from khaosync.store.db import utcnow
 
 STAGE = "map"
@@ -50,6 +61,17 @@ FINDING_ENTITIES: dict[str, tuple[str, ...]] = {
     "products": ("stock_item",), "contacts": ("company", "contact"), "orders": ("sales_order", "credit_note"),
 }
 BATCH = 1000
+# Findings from checks that look at the whole store every run: closed whole, even incrementally.
+WHOLE_STORE_FINDINGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "products": (), "contacts": (("identifier_conflict", "contact"),), "orders": (("refund_gap", "credit_note"),),
+}
+# Keys a staged record's versions point at, besides its own: a company holds its contacts, a
+# credit note points at its sales order. (Aliases come from ``record_alias``, for every entity.)
+DERIVED_KEYS: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
+    "company": lambda doc: [("contact", str(c["contact_id"])) for c in doc.get("contacts") or []
+                            if isinstance(c, dict) and c.get("contact_id") is not None],
+    "credit_note": lambda doc: [("sales_order", str(doc["sorder_id"]))] if doc.get("sorder_id") is not None else [],
+}
 
 Progress = Callable[[str, int, int | None], None]
 
@@ -81,6 +103,8 @@ class MapResult:
     exceptions: Counter = field(default_factory=Counter)
     fail_findings: int = 0  # fail-severity map exceptions open for this run
     mappings: tuple[str, ...] = ()
+    incremental: dict[str, bool] = field(default_factory=dict)  # per entity: only what changed was mapped
+    looked_at: dict[str, set[str]] = field(default_factory=dict)  # staged entity -> keys mapped again (incremental)
 
     def as_dict(self) -> dict:
         return {
@@ -117,6 +141,7 @@ class _MapRun:
         self.found: Counter = Counter()
         self.catalogue = Catalogue(lambda code: staging.keys_by_alias(self.conn, "stock_item", "stock_code", code))
         self.shared = SharedEmails()
+        self.scope: dict[str, set[tuple[str, str]]] = {}  # incremental: (entity, key) looked at again, per CLI entity
 
     # -- writing ---------------------------------------------------------------------------
     def _record(self, finding: Finding, result: EntityResult) -> None:
@@ -129,14 +154,17 @@ class _MapRun:
         )
 
     def write(self, outcomes: list[Outcome], result: EntityResult, findings: list[Finding] = (),
-              stored: dict[tuple[str, str], outbound.Stored] | None = None) -> None:
-        """One transaction: the batch's outbound rows and every finding it raised."""
+              stored: dict[tuple[str, str], outbound.Stored] | None = None,
+              reads: dict[str, set[map_state.Read]] | None = None) -> None:
+        """One transaction: the batch's outbound rows, every finding it raised, what it read."""
         versions = [encode(o) for o in outcomes]
         extra: list[Finding] = list(findings)
         for o in outcomes:
             extra += o.findings
         with self.store.transaction() as conn:
             written = outbound.write(conn, versions, run_id=self.run_id, now=utcnow(), stored=stored)
+            if reads:
+                map_state.replace_reads(conn, "order", reads)
             for finding in extra:
                 self._record(finding, result)
         for v in versions:
@@ -150,8 +178,9 @@ class _MapRun:
             self.progress(name, done, total)
 
     # -- products --------------------------------------------------------------------------
-    def products(self, result: EntityResult | None) -> None:
-        """Index the catalogue (always: order lines resolve against it); map it if asked."""
+    def products(self, result: EntityResult | None, keys: set[str] | None = None) -> None:
+        """Index the catalogue (always: order lines resolve against it); map it if asked (only
+        ``keys``, when given: an incremental run)."""
         total = staging.count_current(self.conn, "stock_item")
         outcomes: list[Outcome] = []
         findings: list[Finding] = []
@@ -168,7 +197,7 @@ class _MapRun:
                 findings.append(_unreadable("stock_item", staged.key, exc))
                 continue
             self.catalogue.add(ProductRef.of(item, staged.version))
-            if result is None:
+            if result is None or keys is not None and staged.key not in keys:
                 continue
             result.staged += 1
             outcomes.append(map_stock_item(item, staged.version, self.mapping))
@@ -229,15 +258,17 @@ class _MapRun:
         for key, members in groups.items():
             self.shared.add_group(key, members, self.mapping.contacts.shared_email)
 
-    def contacts(self, result: EntityResult) -> None:
+    def contacts(self, result: EntityResult, keys: set[str] | None = None) -> None:
         from khaosync.stages.consent import MapConsent  # consent times: KC keeps none (docs/runbook.md)
 
         self.consent = MapConsent(self.store, self.mapping)
-        total = staging.count_current(self.conn, "company")
+        total = staging.count_current(self.conn, "company") if keys is None else len(keys)
         outcomes: list[Outcome] = []
         findings: list[Finding] = list(self.shared.findings)
         done = 0
-        for staged in staging.iter_current(self.conn, "company"):
+        staged_companies = staging.iter_current(self.conn, "company") if keys is None else \
+            _current_of(self.conn, "company", keys)
+        for staged in staged_companies:
             done += 1
             if staged.parsed is None:
                 result.skipped_raw += 1
@@ -311,15 +342,38 @@ class _MapRun:
         return [(CreditNote.model_validate_json(parsed), version) for parsed, version in self.conn.execute(
             "SELECT parsed, version FROM temp.map_credit WHERE sorder_id = ? ORDER BY credit_key", (sorder_id,))]
 
-    def orders(self, result: EntityResult) -> None:
+    def order_reads(self, order: SalesOrder) -> set[map_state.Read]:
+        """Every (entity, key) mapping this order looks up, found or not (its reverse lineage)."""
+        reads: set[map_state.Read] = {("sales_order", order.key)}
+        if order.contact_id is not None:
+            reads.add(("contact", str(order.contact_id)))
+        if order.company_id is not None:
+            reads.add(("company", str(order.company_id)))  # customer_known: is it a readable staged company?
+        for line in order.lines:
+            if line.stock_id is not None:
+                reads.add(("stock_item", str(line.stock_id)))
+                ref = self.catalogue.get(line.stock_id)
+            else:
+                reads.add(("stock_item.stock_code", line.stock_code))
+                ref = self.catalogue.by_code(line.stock_code)
+            if ref is not None:
+                reads.add(("stock_item", str(ref.stock_id)))
+                if ref.parent_id is not None:
+                    reads.add(("stock_item", str(ref.parent_id)))
+        return reads
+
+    def orders(self, result: EntityResult, keys: set[str] | None = None) -> None:
         self.index_credit_notes(result)
-        total = staging.count_current(self.conn, "sales_order")
+        total = staging.count_current(self.conn, "sales_order") if keys is None else len(keys)
         done = 0
-        for batch in _batches(staging.iter_current(self.conn, "sales_order"), self.batch_size):
+        staged_orders = staging.iter_current(self.conn, "sales_order") if keys is None else \
+            _current_of(self.conn, "sales_order", keys)
+        for batch in _batches(staged_orders, self.batch_size):
             done += len(batch)
             stored = {("order", k): s for k, s in outbound.existing(self.conn, "order", [r.key for r in batch]).items()}
             outcomes: list[Outcome] = []
             findings: list[Finding] = []
+            reads: dict[str, set[map_state.Read]] = {}
             for staged in batch:
                 if staged.parsed is None:
                     result.skipped_raw += 1
@@ -330,20 +384,119 @@ class _MapRun:
                     findings.append(_unreadable("sales_order", staged.key, exc))
                     continue
                 result.staged += 1
+                notes = self.credit_notes(order.sorder_id)
+                reads[order.key] = self.order_reads(order) | {("credit_note", n.key) for n, _ in notes}
                 outcome = map_sales_order(
                     order, staged.version, self.mapping, catalogue=self.catalogue, customer=self.customer(order),
                     customer_known=self.customer_known(order),
-                    credit_notes=self.credit_notes(order.sorder_id), already_mapped=("order", order.key) in stored)
+                    credit_notes=notes, already_mapped=("order", order.key) in stored)
                 if outcome is None:
                     result.not_sent += 1
                 else:
                     outcomes.append(outcome)
-            self.write(outcomes, result, findings, stored)
+            self.write(outcomes, result, findings, stored, reads)
             self._tick("orders", done, total)
+
+    # -- what changed (incremental runs) ----------------------------------------------------
+    def shared_decisions(self) -> dict[int, str]:
+        """Per contact of a shared email: sent without it, and/or with the group's opt-out."""
+        contacts = self.shared.withheld | self.shared.forced_opt_out
+        return {c: ("withheld" if c in self.shared.withheld else "") + ("+opt_out" if c in self.shared.forced_opt_out
+                                                                          else "") for c in contacts}
+
+    def invalidated(self, changed: list[tuple[str, str]]) -> set[map_state.Read]:
+        """Every read a changed staged record answers differently now: its own key, its aliases,
+        and the keys any of its versions points at (``DERIVED_KEYS``)."""
+        reads: set[map_state.Read] = set()
+        for entity, key in changed:
+            reads.add((entity, key))
+            reads.update((f"{entity}.{kind}", alias) for kind, alias in map_state.aliases(self.conn, entity, key))
+            derive = DERIVED_KEYS.get(entity)
+            if derive is None:
+                continue
+            for text in map_state.versions(self.conn, entity, key):
+                try:
+                    doc = json.loads(text)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict):
+                    reads.update(derive(doc))
+        return reads
+
+    def dirty(self, name: str, mark: map_state.Mark, upto: int, decisions: dict[int, str]) -> set[str]:
+        """The staged keys of CLI entity ``name`` to map again since ``mark``."""
+        changed = map_state.staged_since(self.conn, mark.staged_run, upto)
+        if name == "products":
+            return {k for e, k in changed if e == "stock_item"}
+        before = map_state.shared_decisions(self.conn, name)
+        moved = {c for c in set(before) | set(decisions) if before.get(c) != decisions.get(c)}
+        if name == "contacts":
+            keys = {k for e, k in changed if e == "company"}
+            if moved:
+                ids = sorted(moved)
+                for start in range(0, len(ids), 500):
+                    part = ids[start:start + 500]
+                    keys.update(str(r[0]) for r in self.conn.execute(
+                        f"SELECT company_id FROM temp.map_contact WHERE contact_id IN ({','.join('?' * len(part))})",
+                        part))
+            return keys
+        reads = self.invalidated(changed) | {("contact", str(c)) for c in moved}
+        return map_state.readers(self.conn, reads, "order") | {k for e, k in reads if e == "sales_order"}
+
+    def scope_of(self, name: str, keys: set[str]) -> set[tuple[str, str]]:
+        """The (entity, key) pairs an incremental run of ``name`` looked at again."""
+        if name == "products":
+            return {("stock_item", k) for k in keys}
+        if name == "contacts":
+            scope = {("company", k) for k in keys}
+            for key in keys:
+                for text in map_state.versions(self.conn, "company", key):
+                    scope.update(DERIVED_KEYS["company"](json.loads(text)))
+            return scope
+        scope = {("sales_order", k) for k in keys}
+        numeric = sorted(int(k) for k in keys if k.isdigit())
+        for start in range(0, len(numeric), 500):
+            part = numeric[start:start + 500]
+            scope.update(("credit_note", str(r[0])) for r in self.conn.execute(
+                f"SELECT credit_key FROM temp.map_credit WHERE sorder_id IN ({','.join('?' * len(part))})", part))
+        return scope
+
+    def resolve(self, name: str, scope: set[tuple[str, str]] | None) -> None:
+        """Close the findings this run no longer saw: all of the entity's (a full run), or only
+        those of the records looked at again and of the whole-store checks (incremental)."""
+        if scope is None:
+            for entity in FINDING_ENTITIES[name]:
+                self.store.resolve_unseen_exceptions(self.run_id, STAGE, list(TYPES), entity=entity)
+            return
+        for type_, entity in WHOLE_STORE_FINDINGS[name]:
+            self.store.resolve_unseen_exceptions(self.run_id, STAGE, [type_], entity=entity)
+        c = self.conn
+        c.execute("DROP TABLE IF EXISTS temp.map_scope")
+        c.execute("CREATE TEMP TABLE map_scope (entity TEXT, key TEXT, PRIMARY KEY (entity, key)) WITHOUT ROWID")
+        c.executemany("INSERT OR IGNORE INTO temp.map_scope VALUES (?, ?)", sorted(scope))
+        entities, types = FINDING_ENTITIES[name], list(TYPES)
+        c.execute(f"""UPDATE exception SET resolved_at = ? WHERE resolved_at IS NULL AND stage = ? AND last_run < ?
+            AND entity IN ({','.join('?' * len(entities))}) AND type IN ({','.join('?' * len(types))})
+            AND EXISTS (SELECT 1 FROM temp.map_scope s WHERE s.entity = exception.entity
+                        AND s.key = exception.record_key)""", (utcnow(), STAGE, self.run_id, *entities, *types))
+        c.execute("DROP TABLE temp.map_scope")
 
     def close(self) -> None:
         self.conn.execute("DROP TABLE IF EXISTS temp.map_contact")
         self.conn.execute("DROP TABLE IF EXISTS temp.map_credit")
+
+
+def _current_of(conn, entity: str, keys: set[str]) -> Iterable[staging.StagedRecord]:
+    """The current staged versions of ``keys``, in key order, a page at a time."""
+    ordered = sorted(keys)
+    for start in range(0, len(ordered), 500):
+        part = ordered[start:start + 500]
+        yield from staging.current_of(conn, entity, part)
+
+
+def mapping_hash(mapping: Mapping) -> str:
+    """The rules, whatever files they came from: another hash means everything maps again."""
+    return hashlib.sha256(mapping.model_dump_json(exclude={"sources"}).encode()).hexdigest()
 
 
 def encode(outcome: Outcome) -> outbound.NewVersion:
@@ -352,7 +505,7 @@ def encode(outcome: Outcome) -> outbound.NewVersion:
     finding added to the outcome; no record at all: a state-only version (``body`` None)."""
     if outcome.record is None:
         return outbound.NewVersion(outcome.type, outcome.id, None, None, None, "held", outcome.hold)
-    body = wire.dumps(outcome.record.to_wire())
+    body = wire.dumps_valid(outcome.record.to_wire())
     try:
         wire.check_size(outcome.type, outcome.id, body)
     except wire.RecordTooLarge as exc:
@@ -374,9 +527,14 @@ def _unreadable(entity: str, key: str, exc: ValidationError) -> Finding:
 
 def map_records(store: StateStore, profile: Profile, *, entities: list[str] | None = None,
                 mapping: Mapping | None = None, progress: Progress | None = None, run_id: int | None = None,
-                batch_size: int = BATCH) -> MapResult:
+                batch_size: int = BATCH, incremental: bool = False, full: set[str] | None = None) -> MapResult:
     """Map the given entities (CLI names: products, contacts, orders; default all) into
-    ``outbound_record``, through ``mapping`` (default: the profile's mapping files)."""
+    ``outbound_record``, through ``mapping`` (default: the profile's mapping files).
+
+    ``incremental``: map only what changed since each entity's last completed map (all of it
+    when there is none, or it used other rules); the store ends as a full map would leave it.
+    ``full``: entities mapped whole even so (contacts, after Ometria's consent changed: what a
+    contact is sent depends on them, and they are not staged records)."""
     names = entities or list(ENTITIES)
     unknown = [n for n in names if n not in ENTITIES]
     if unknown:
@@ -388,23 +546,42 @@ def map_records(store: StateStore, profile: Profile, *, entities: list[str] | No
     result = MapResult(run_id=run_id, entities={n: EntityResult(ENTITIES[n]) for n in names},
                        mappings=mapping.sources)
     run = _MapRun(store, mapping, run_id, batch_size, progress)
+    rules = mapping_hash(mapping)
+    upto = map_state.latest_staged_run(store.conn)
+    marks = {n: map_state.get_mark(store.conn, n) for n in names} if incremental else {}
+    since = {n: m for n, m in marks.items() if m is not None and m.mapping == rules and n not in (full or ())}
+    keys: dict[str, set[str] | None] = {n: None for n in names}  # None: everything
+    decisions: dict[int, str] = {}
     try:
+        if "products" in since:
+            keys["products"] = run.dirty("products", since["products"], upto, {})
         if "products" in names or "orders" in names:
-            run.products(result.entities.get("products"))
+            run.products(result.entities.get("products"), keys.get("products"))
         if "contacts" in names or "orders" in names:
             run.index_contacts()
+            decisions = run.shared_decisions()
+        for name in ("contacts", "orders"):
+            if name in since:
+                keys[name] = run.dirty(name, since[name], upto, decisions)
         if "contacts" in names:
-            run.contacts(result.entities["contacts"])
+            run.contacts(result.entities["contacts"], keys["contacts"])
         if "orders" in names:
-            run.orders(result.entities["orders"])
-        with store.transaction():
+            run.orders(result.entities["orders"], keys["orders"])
+        result.incremental = {n: k is not None for n, k in keys.items()}
+        result.looked_at = {ENTITIES[n]: k for n, k in keys.items() if k is not None}
+        with store.transaction() as conn:
             for name in names:
-                for entity in FINDING_ENTITIES[name]:
-                    store.resolve_unseen_exceptions(run_id, STAGE, list(TYPES), entity=entity)
+                chosen = keys[name]
+                run.resolve(name, None if chosen is None else run.scope_of(name, chosen))
+                map_state.set_mark(conn, name, map_state.Mark(upto, rules), run_id)
+                if name != "products":
+                    map_state.set_shared_decisions(conn, name, decisions)
         result.exceptions = run.found
+        # Open after this run: what it saw, and (incremental) what it carried forward unseen.
+        owned = sorted({e for name in names for e in FINDING_ENTITIES[name]})
         result.fail_findings = store.conn.execute(
             "SELECT count(*) FROM exception WHERE stage = ? AND severity = 'fail' AND resolved_at IS NULL"
-            " AND last_run = ?", (STAGE, run_id)).fetchone()[0]
+            f" AND (last_run = ? OR entity IN ({','.join('?' * len(owned))}))", (STAGE, run_id, *owned)).fetchone()[0]
     except BaseException:
         run.close()
         if own_run:

@@ -154,6 +154,9 @@ def push_plan(store: StateStore, profile: Profile, client: OmetriaClient | None,
     if plan.status == "superseded":
         raise StalePlanError(f"plan {plan.id} was superseded by a newer diff; push the newest plan "
                              "(`khaosync push` shows it)")
+    if plan.pruned_at is not None:
+        raise StalePlanError(f"plan {plan.id} was pruned on {plan.pruned_at[:10]} (plans.retention_days): its bodies "
+                             "are gone; run `khaosync diff` for a new plan")
     _refuse_stale(conn, plan)
     result = PushResult(plan_id=plan.id, sandbox=profile.is_sandbox, committed=commit, plan_status=plan.status,
                         summary=summary)
@@ -482,10 +485,7 @@ class _PushRun:
         verdicts: dict[str, list[str]] = {}  # id -> differing fields ([] = equal); absent = missing
         details: dict[str, dict] = {}
         stale: dict[str, list[str]] = {}     # id -> fields we blanked that Ometria kept
-        if scan:
-            seen = self._scan(type_, hashes)
-        else:
-            seen = ((id_, self._read_one(type_, id_)) for id_ in hashes)
+        seen = self._scan(type_, hashes) if scan else self._read_each(type_, list(hashes))
         for id_, got in seen:
             if got is None:
                 continue
@@ -533,12 +533,23 @@ class _PushRun:
         sent = wire.loads(journal.ledger_body(self.conn, "contact", id_) or b"{}")
         return str(sent.get("@collection") or self.profile.ometria.collection)
 
-    def _read_one(self, type_: str, id_: str) -> dict | None:
-        if type_ == "product":
-            return self.client.get_product(id_)
-        if type_ == "order":
-            return self.client.get_order(id_)
-        return self.client.get_contact(self._collection_of(id_), id_)
+    def _read_each(self, type_: str, ids: list[str]) -> Iterator[tuple[str, dict | None]]:
+        """One GET per record, ``ometria.read_in_flight`` at a time: the read bucket keeps them
+        within ``read_rate``, the threads keep slow answers from leaving it unused. Answers come
+        back in ``ids`` order; the store is read here, in the calling thread, never in a worker."""
+        collections = {id_: self._collection_of(id_) for id_ in ids} if type_ == "contact" else {}
+
+        def read(id_: str) -> tuple[str, dict | None]:
+            if type_ == "product":
+                return id_, self.client.get_product(id_)
+            if type_ == "order":
+                return id_, self.client.get_order(id_)
+            return id_, self.client.get_contact(collections[id_], id_)
+
+        workers = min(self.profile.ometria.read_in_flight, max(1, len(ids)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+            for start in range(0, len(ids), PAGE):  # bounded: at most a page of answers waits at a time
+                yield from pool.map(read, ids[start:start + PAGE])
 
     def _scan(self, type_: str, wanted: dict[str, str]) -> Iterator[tuple[str, dict]]:
         """Page through the list endpoint until every wanted record is seen (or the list ends)."""

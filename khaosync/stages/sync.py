@@ -81,7 +81,7 @@ def _merge_plans(store: StateStore, run_id: int, diffs: list[DiffResult]) -> str
                           made_by="sync")
         counts: dict[str, int] = {"new": 0, "changed": 0, "unchanged": 0, "void": 0}
         for d in diffs:
-            plans.add_records(conn, merged, plans.plan_records(conn, d.plan_id))
+            plans.copy_records(conn, d.plan_id, merged)
             for change in counts:
                 counts[change] += d.counts.get(change, 0)
         plans.finish_plan(conn, merged, counts)
@@ -127,13 +127,17 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
                 pulled.exceptions.update(more.exceptions)
                 pulled.fail_findings += more.fail_findings
         assert pulled is not None
+        full: set[str] = set()
         if consent_reader is not None:
             from khaosync.stages.consent import read_ometria_consent
 
             # Before map: a KC opt-in is never sent over a newer Ometria opt-out.
             consent_read = read_ometria_consent(store, profile, consent_reader, run_id=run_id)
-        mapped = map_records(store, profile, entities=chosen, progress=_named(progress, "map"), run_id=run_id)
-        diffs = diff_all(store, profile, chosen, run_id=run_id)
+            if consent_read.new_unsubscribes or consent_read.contact_changes or consent_read.erased:
+                full.add("contacts")  # what a contact is sent depends on Ometria's side now
+        mapped = map_records(store, profile, entities=chosen, progress=_named(progress, "map"), run_id=run_id,
+                             incremental=True, full=full)
+        diffs = diff_all(store, profile, chosen, run_id=run_id, changed=mapped.looked_at)
         plan_id = _merge_plans(store, run_id, diffs)
         pushed = push_plan(store, profile, client if commit else None, plan_id, commit=commit, verify=verify,
                            progress=_named(progress, "push"))

@@ -33,6 +33,7 @@ class PlanRow:
     status: str
     scope: list[str]
     counts: dict
+    pruned_at: str | None = None  # its bodies are gone (plans.retention_days): it cannot be sent
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class JournaledBatch:
 def find_plan(conn: sqlite3.Connection, plan_id: str | None) -> PlanRow | None:
     """The plan ``plan_id``, or (None) the newest open full review (``plans.default_plan_id``:
     a plan a ``diff --key`` narrowed is sent only when named)."""
-    sql = "SELECT id, created_at, status, scope, counts FROM plan"
+    sql = "SELECT id, created_at, status, scope, counts, pruned_at FROM plan"
     if plan_id is None:
         plan_id = default_plan_id(conn)
         if plan_id is None:
@@ -75,7 +76,7 @@ def find_plan(conn: sqlite3.Connection, plan_id: str | None) -> PlanRow | None:
     row = conn.execute(sql + " WHERE id = ?", (plan_id,)).fetchone()
     if row is None:
         return None
-    return PlanRow(row[0], row[1], row[2], _json_list(row[3]), _json_dict(row[4]))
+    return PlanRow(row[0], row[1], row[2], _json_list(row[3]), _json_dict(row[4]), row[5])
 
 
 def plan_summary(conn: sqlite3.Connection, plan_id: str) -> dict[str, dict[str, int]]:
@@ -113,7 +114,8 @@ def pending_count(conn: sqlite3.Connection, plan_id: str, type_: str) -> int:
 def pending_page(conn: sqlite3.Connection, plan_id: str, type_: str, after_id: str | None,
                  limit: int) -> list[PlanRecord]:
     """The next ``limit`` pending records after ``after_id`` (keyset paging: bounded memory)."""
-    sql = "SELECT p.type, p.id, p.change, p.content_hash, p.body " + _PENDING
+    sql = ("SELECT p.type, p.id, p.change, p.content_hash, b.body "
+           + _PENDING.replace("WHERE", "JOIN plan_body b ON b.content_hash = p.content_hash WHERE", 1))
     args: list = [plan_id, type_]
     if after_id is not None:
         sql += " AND p.id > ?"

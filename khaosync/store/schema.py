@@ -251,6 +251,73 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE plan ADD COLUMN narrowed_to TEXT;
         """,
     ),
+    (
+        "plan bodies stored once by content hash, pruned plans, indexes for the hot lookups",
+        """
+        -- A body planned by several plans (a type's plan and the sync plan that merges it, the
+        -- same unchanged void night after night) is stored once.
+        CREATE TABLE plan_body (
+            content_hash TEXT PRIMARY KEY,  -- sha256 of body
+            body         BLOB NOT NULL
+        );
+        INSERT OR IGNORE INTO plan_body(content_hash, body) SELECT content_hash, body FROM plan_record;
+        CREATE TABLE plan_record_by_hash (
+            plan_id      TEXT NOT NULL REFERENCES plan(id),
+            type         TEXT NOT NULL,
+            id           TEXT NOT NULL,
+            change       TEXT NOT NULL CHECK (change IN ('new', 'changed', 'void')),
+            content_hash TEXT NOT NULL,     -- the body in plan_body
+            PRIMARY KEY (plan_id, type, id)
+        );
+        INSERT INTO plan_record_by_hash(plan_id, type, id, change, content_hash)
+            SELECT plan_id, type, id, change, content_hash FROM plan_record;
+        DROP TABLE plan_record;
+        ALTER TABLE plan_record_by_hash RENAME TO plan_record;
+        CREATE INDEX plan_record_hash ON plan_record(content_hash);
+        -- Set when the plan's records were pruned (after plans.retention_days); the push journal
+        -- (push_batch.records) keeps which version of a record went when.
+        ALTER TABLE plan ADD COLUMN pruned_at TEXT;
+        CREATE INDEX plan_status ON plan(status, created_at);
+
+        CREATE INDEX ledger_request ON ledger(request_id) WHERE request_id IS NOT NULL;
+        CREATE INDEX push_batch_plan ON push_batch(plan_id);
+        CREATE INDEX push_batch_request ON push_batch(request_id) WHERE request_id IS NOT NULL;
+        -- What one run staged: how an incremental map finds what changed.
+        CREATE INDEX staged_run ON staged_record(run_id, entity);
+        CREATE INDEX exception_stage ON exception(stage, resolved_at, entity);
+        """,
+    ),
+    (
+        "what map read for each record (reverse lineage), its marks and shared-email decisions",
+        """
+        -- Every (entity, key) map looked up for a record, found or not: a changed input names the
+        -- records to map again. Keys are staged keys, or derived ones ("contact" 7086 for a
+        -- company's contact, "stock_item.stock_code" for an alias).
+        CREATE TABLE map_read (
+            entity TEXT NOT NULL,
+            key    TEXT NOT NULL,
+            type   TEXT NOT NULL,            -- the outbound record that read it
+            id     TEXT NOT NULL,
+            PRIMARY KEY (entity, key, type, id)
+        ) WITHOUT ROWID;
+        CREATE INDEX map_read_record ON map_read(type, id);
+        -- Per CLI entity: the staged runs a completed map had seen, and the mapping it used.
+        CREATE TABLE map_mark (
+            entity     TEXT PRIMARY KEY,     -- products | contacts | orders
+            staged_run INTEGER NOT NULL,
+            mapping    TEXT NOT NULL,        -- sha256 of the mapping rules
+            run_id     INTEGER NOT NULL
+        );
+        -- Shared-email decisions as the last map of each CLI entity made them.
+        CREATE TABLE map_shared (
+            entity     TEXT NOT NULL,
+            contact_id INTEGER NOT NULL,
+            decision   TEXT NOT NULL,        -- withheld | opt_out
+            PRIMARY KEY (entity, contact_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX record_alias_record ON record_alias(entity, key);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -64,6 +64,15 @@ def current(conn: sqlite3.Connection, entity: str, key: str) -> StagedRecord | N
     return _row(r) if r else None
 
 
+def current_of(conn: sqlite3.Connection, entity: str, keys: list[str]) -> list[StagedRecord]:
+    """The current versions of these keys (those that exist), in key order."""
+    if not keys:
+        return []
+    rows = conn.execute(f"SELECT {_COLUMNS} FROM staged_record WHERE entity = ? AND current = 1"
+                        f" AND key IN ({','.join('?' * len(keys))}) ORDER BY key", (entity, *keys)).fetchall()
+    return [_row(r) for r in rows]
+
+
 def history(conn: sqlite3.Connection, entity: str, key: str) -> list[StagedRecord]:
     rows = conn.execute(f"SELECT {_COLUMNS} FROM staged_record WHERE entity = ? AND key = ? ORDER BY version",
                         (entity, key)).fetchall()

@@ -66,6 +66,27 @@ def test_money_is_exact_on_the_wire_and_floats_are_refused():
         order(grand_total=19.99)
 
 
+@pytest.mark.parametrize("properties", [
+    {"weight": 1.5}, {"nested": {"deep": [Decimal("1"), 0.25]}}, {"when": date(2026, 10, 1)}, {"bad": Decimal("NaN")},
+    {"odd": {1: "x"}}, {"set": {1, 2}},
+])
+def test_properties_refuse_what_json_cannot_write_exactly(properties):
+    # The wire encoder trusts a validated record: the model is where a float or a date is stopped.
+    for build in (lambda: order(properties=properties), lambda: Product(id="1", properties=properties),
+                  lambda: order(lineitems=[{"product_id": "1", "quantity": Decimal(1), "properties": properties}])):
+        with pytest.raises(ValidationError):
+            build()
+
+
+def test_properties_keep_exact_values():
+    props = {"code": "SO1", "count": 3, "gift": True, "none": None, "refund": Decimal("1.20"),
+             "list": ["a", {"b": Decimal("-0.00")}]}
+    body = order(properties=props).encode()
+    assert body == wire.reference_dumps(order(properties=props).to_wire())
+    assert b'"properties":{"code":"SO1","count":3,"gift":true,"list":["a",{"b":0.00}],"none":null,"refund":1.20}' \
+        in body
+
+
 @pytest.mark.parametrize("currency,amount,ok", [
     ("GBP", "19.99", True), ("GBP", "19.990", True), ("GBP", "19.999", False), ("JPY", "1999", True),
     ("JPY", "19.99", False), ("KWD", "1.999", True), ("ZZZ", "1", False), ("XXX", "1", False), ("gbp", "1", False),

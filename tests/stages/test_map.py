@@ -364,6 +364,19 @@ def test_every_body_is_one_ometria_accepts(mapped):
         assert row.content_hash == wire.content_hash(row.body)
 
 
+def test_bodies_are_byte_identical_to_the_reference_encoder(pulled, tmp_path, mapped, monkeypatch):
+    # The whole planted sandbox mapped again with the plain-Python encoder gives the same bytes.
+    _, out, _ = mapped
+    monkeypatch.setattr(wire, "dumps_valid", wire.reference_dumps)
+    state = fresh_state(pulled, tmp_path)
+    run_map(state)
+    reference = Mapped(state).rows
+    assert sorted(reference) == sorted(out.rows)
+    different = [key for key, row in out.rows.items() if row.body != reference[key].body]
+    assert different == []
+    assert sum(1 for row in out.rows.values() if row.body) > 400
+
+
 def test_mapping_twice_is_byte_identical_and_writes_nothing(pulled, tmp_path):
     state = fresh_state(pulled, tmp_path)
     first = run_map(state)

@@ -41,7 +41,7 @@ from khaosync.stages.push import (
     differences,
     push_plan,
 )
-from khaosync.store import StateStore, journal, open_store
+from khaosync.store import StateStore, journal, open_store, plans
 from khaosync.store.db import utcnow
 
 KEY = "sandbox-key"
@@ -88,8 +88,7 @@ def make_plan(store: StateStore, plan_id: str, docs: list[dict], change: str = "
                       "VALUES (?, ?, ?, ?, '[]', ?, ?) ON CONFLICT(type, id) DO UPDATE SET "
                       "content_hash = excluded.content_hash, body = excluded.body, state = 'ready'",
                       (doc["@type"], doc["id"], digest, body, run, now))
-            c.execute("INSERT INTO plan_record(plan_id, type, id, change, content_hash, body) VALUES (?, ?, ?, ?, ?, ?)",
-                      (plan_id, doc["@type"], doc["id"], change, digest, body))
+            plans.add_records(c, plan_id, [(doc["@type"], doc["id"], change, digest, body)])
 
 
 # -- the emulator, a spy, the client ---------------------------------------------------------------
@@ -617,6 +616,44 @@ def test_the_rate_holds_with_requests_in_flight(tmp_path: Path) -> None:
     assert elapsed < 30 * 0.060 + 1.0
     assert_holds_exactly(emu, docs)
     emu.close()
+
+
+def test_read_back_keeps_reads_in_flight_and_every_read_in_the_bucket(tmp_path: Path,
+                                                                      emulator: OmetriaEmulator) -> None:
+    docs = merchant(30, 30, 30)
+    profile = make_profile(tmp_path, read_in_flight=3, verify_sample=6)
+
+    class Gate(Spy):
+        """Holds each GET until three are in flight at once (then lets every one through)."""
+
+        def __init__(self, app: Callable) -> None:
+            super().__init__(app)
+            self.in_flight = self.most = 0
+            self.open = threading.Event()
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.method != "GET":
+                return super().handle_request(request)
+            with self.lock:
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+                if self.in_flight >= 3:
+                    self.open.set()
+            self.open.wait(timeout=10)  # one GET at a time never opens it: each then waits it out
+            try:
+                return super().handle_request(request)
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+
+    gate = Gate(emulator)
+    client = client_for(profile, gate)
+    with open_store(profile.state) as store:
+        make_plan(store, "plan-1", docs)
+        result = push_plan(store, profile, client, None, commit=True, verify="sample")
+    assert gate.most == 3
+    assert result.as_dict()["verified"] == {"product": 6, "contact": 6, "order": 6}
+    assert client.read_bucket.acquired == gate.reads  # the read rate covers every GET, in flight or not
 
 
 # -- a run killed in-process (the subprocess version is in test_push_faults.py) ------------------------------

@@ -32,7 +32,7 @@ from khaosync.sandbox.ometria_emulator import OmetriaEmulator
 from khaosync.sandbox.ometria_limits import FaultInjector, TokenBucket
 from khaosync.sandbox.server import Faults, SandboxApp, ServedSandbox
 from khaosync.stages.push import differences, push_plan
-from khaosync.store import StateStore, journal, open_store
+from khaosync.store import StateStore, journal, open_store, plans
 from khaosync.store.db import utcnow
 
 KEY = "fault-key"
@@ -65,8 +65,7 @@ def make_plan(store: StateStore, plan_id: str, docs: list[dict]) -> None:
             digest = wire.content_hash(body)
             c.execute("INSERT INTO outbound_record(type, id, content_hash, body, lineage, run_id, mapped_at) "
                       "VALUES (?, ?, ?, ?, '[]', ?, ?)", (doc["@type"], doc["id"], digest, body, run, now))
-            c.execute("INSERT INTO plan_record(plan_id, type, id, change, content_hash, body) "
-                      "VALUES (?, ?, ?, 'new', ?, ?)", (plan_id, doc["@type"], doc["id"], digest, body))
+            plans.add_records(c, plan_id, [(doc["@type"], doc["id"], "new", digest, body)])
 
 
 def settings_for(base_url: str, **over: Any) -> OmetriaSettings:
