@@ -12,9 +12,15 @@ import socket
 import sqlite3
 import threading
 
+import sys
+from pathlib import Path
+
 import pytest
 import typer.main
 from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_workspace import plant  # noqa: E402
 
 from khaosync.cli.app import app
 from khaosync.cli.reference import is_group, walk
@@ -46,16 +52,7 @@ BOMB = ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """A small sandbox merchant after one dry-run sync: a real state store to break things around."""
-    folder = tmp_path_factory.mktemp("planted")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        runner = CliRunner()
-        assert runner.invoke(app, ["sandbox", "init", "--customers", "25", "--orders", "100"]).exit_code == 0
-        assert runner.invoke(app, ["sync"]).exit_code in (0, 1)
-    finally:
-        os.chdir(cwd)
-    return folder
+    return plant(tmp_path_factory.mktemp("planted"), ["sync"])
 
 
 @pytest.fixture

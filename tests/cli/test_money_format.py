@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
 from decimal import Decimal
 
+import sys
+from pathlib import Path
+
 import pytest
-from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_workspace import copied, plant  # noqa: E402
 
 from khaosync.cli.app import app
 from khaosync.currency import minor_units, money_text
@@ -20,24 +23,12 @@ MONEY = ("gross_revenue", "refunds", "net_revenue")
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("money")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        runner = CliRunner()
-        assert runner.invoke(app, ["sandbox", "init", "--customers", "25", "--orders", "100"]).exit_code == 0
-        assert runner.invoke(app, ["sync"]).exit_code in (0, 1)
-    finally:
-        os.chdir(cwd)
-    return folder
+    return plant(tmp_path_factory.mktemp("money"), ["sync"])
 
 
 @pytest.fixture
 def runner(planted, tmp_path, monkeypatch):
-    shutil.copytree(planted, tmp_path / "ws")
-    monkeypatch.chdir(tmp_path / "ws")
-    monkeypatch.delenv("OMETRIA_API_KEY", raising=False)
-    return CliRunner(env={"COLUMNS": "80"})
+    return copied(planted, tmp_path, monkeypatch, env={"COLUMNS": "80"})
 
 
 def test_money_text():

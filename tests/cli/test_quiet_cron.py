@@ -4,34 +4,28 @@ when not; sync --fail-on new|any|never."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
+
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_workspace import copied, plant  # noqa: E402
 
 from khaosync.cli.app import app
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cron")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        assert CliRunner().invoke(app, ["sandbox", "init", "--customers", "25", "--orders", "100"]).exit_code == 0
-    finally:
-        os.chdir(cwd)
-    return folder
+    return plant(tmp_path_factory.mktemp("cron"))
 
 
 @pytest.fixture
 def runner(planted, tmp_path, monkeypatch):
-    shutil.copytree(planted, tmp_path / "ws")
-    monkeypatch.chdir(tmp_path / "ws")
-    monkeypatch.delenv("OMETRIA_API_KEY", raising=False)
-    return CliRunner()
+    return copied(planted, tmp_path, monkeypatch)
 
 
 VERDICT = re.compile(r"sync run \d+: (OK|FAIL) \((\d+) new exception\(s\) at fail severity, (\d+) open; "

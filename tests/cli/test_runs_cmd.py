@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
 
+import sys
+from pathlib import Path
+
 import pytest
-from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli_workspace import copied, plant  # noqa: E402
 
 from khaosync.cli.app import app
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("runs")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        runner = CliRunner()
-        assert runner.invoke(app, ["sandbox", "init", "--customers", "25", "--orders", "100"]).exit_code == 0
-        assert runner.invoke(app, ["sync"]).exit_code in (0, 1)
-        assert runner.invoke(app, ["diff", "orders"]).exit_code in (0, 1)
-    finally:
-        os.chdir(cwd)
-    return folder
+    return plant(tmp_path_factory.mktemp("runs"), ["sync"], ["diff", "orders"])
 
 
 @pytest.fixture
 def runner(planted, tmp_path, monkeypatch):
-    shutil.copytree(planted, tmp_path / "ws")
-    monkeypatch.chdir(tmp_path / "ws")
-    monkeypatch.delenv("OMETRIA_API_KEY", raising=False)
-    return CliRunner(env={"COLUMNS": "80"})
+    return copied(planted, tmp_path, monkeypatch, env={"COLUMNS": "80"})
 
 
 def test_runs_list_json_says_what_each_run_was(runner):
