@@ -210,3 +210,65 @@ def test_a_bad_file_is_kept_and_named_and_the_other_files_are_read(tmp_path, cle
     assert result.entities[CLI[entity]].rejected >= 1, case
     assert data[:60] in b"".join(payloads) or any(name in r for r in reasons), f"{case}: neither kept nor named"
     assert b"root:" not in b"".join(payloads)  # an external entity is never expanded
+
+
+class _Site:
+    """A KC web service whose ExportCompany / ExportStock answer is the document under test (the
+    same bad record, now inside a SOAP answer)."""
+
+    def __init__(self, entity: str, document: bytes):
+        self.entity = entity
+        self.document = document
+        self.last_server_time = None
+
+    def get_company_list(self, since):
+        return ["C000001", "C000002", "C000003"]
+
+    def export_company(self, codes):
+        return self.document
+
+    def get_stock_list(self, since):
+        return [("SKU1", None), ("SKU2", None), ("SKU3", None)]
+
+    def export_stock(self, codes):
+        return self.document
+
+    def export_stock_status(self, codes):
+        return b"<STOCK_STATUS SITE=\"Main\"/>"
+
+
+def soap_run(tmp_path: Path, entity: str, document: bytes):
+    profile = sandbox_profile(state=str(tmp_path / "soap.db"))
+    profile = profile.model_copy(update={"pull": profile.pull.model_copy(update={"stock_status": "changed"})})
+    from khaosync.stages.pull import SoapSource
+
+    with open_store(profile.state) as store:
+        return pull(store, profile, SoapSource(_Site(entity, document), profile, None), entities=[CLI[entity]])
+
+
+SOAP_CASES = [c for c in RECORD_CASES if c[1] in ("company", "stock_item")]
+
+
+@pytest.mark.parametrize("case, entity, middle, key, kept", SOAP_CASES, ids=[c[0] for c in SOAP_CASES])
+def test_a_bad_record_in_a_soap_answer_costs_only_itself(tmp_path, case, entity, middle, key, kept):
+    """The same corpus inside ExportCompany / ExportStock answers: the good records beside the
+    bad one are staged exactly as from a clean answer."""
+    folder = tmp_path / "x"
+    folder.mkdir()
+    write(folder, entity)  # the clean answer, as a file, to make the document bytes
+    clean_doc = (folder / GOOD[entity][0]).read_bytes()
+    write(folder, entity, middle)
+    bad_doc = (folder / GOOD[entity][0]).read_bytes()
+    (tmp_path / "clean").mkdir()
+    soap_run(tmp_path / "clean", entity, clean_doc)
+    soap_run(tmp_path, entity, bad_doc)
+    clean = snapshot(tmp_path / "clean" / "soap.db", entity)
+    got = snapshot(tmp_path / "soap.db", entity)
+    for good in ("1", "3"):
+        if not (case == "duplicate-different" and good == "1"):
+            assert got[good] == clean[good], (case, good)
+    with open_store(str(tmp_path / "soap.db"), write=False) as store:
+        found = store.exceptions()
+        payloads = [bytes(r[0]) for r in store.conn.execute("SELECT raw FROM rejected_payload")]
+    assert any(kept in raw for raw in payloads + [raw for _, raw in got.values()]), case
+    assert found and (key is None or any(e.record_key == key for e in found)), case
