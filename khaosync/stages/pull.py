@@ -72,6 +72,7 @@ class EntityResult:
     unchanged: int = 0
     problems: int = 0
     rejected: int = 0
+    skipped_before_since: int = 0  # orders placed before pull --since: not staged, only counted
     bookmark_before: str | None = None
     bookmark_after: str | None = None
 
@@ -766,11 +767,13 @@ def pull(store: StateStore, profile: Profile, source: Source, *, entities: list[
                               bookmark_before=staging.get_bookmark(store.conn, entity))
             er.bookmark_after = er.bookmark_before
             result.entities[name] = er
+            skipped = getattr(source, "skipped_before_since", 0)
             for batch in source.batches(entity, start):
                 er.listed += batch.listed
                 result.fail_findings += _commit_batch(store, run_id, entity, batch, er, result.exceptions)
                 if progress:
                     progress(name, er.fetched, None)
+            er.skipped_before_since = getattr(source, "skipped_before_since", 0) - skipped
     except BaseException:
         if own_run:
             store.finish_run(run_id, "failed", result.as_dict())

@@ -298,3 +298,17 @@ def test_the_walk_crosses_gaps_keeps_credit_notes_apart_and_resumes_after_the_la
     with open_store(profile.state) as store:
         again = pull(store, profile, SoapSource(site, profile, None), entities=["orders"])
     assert site.asked[0] == "SO00010" and again.entities["orders"].new == 1
+
+
+def test_pull_since_stages_only_orders_placed_from_that_date_and_counts_the_rest(tmp_path, sandbox):
+    orders = world_docs(sandbox, "sales_order")
+    dates = sorted(d["order_date"] for d in orders.values() if d["order_date"])
+    middle = dates[len(dates) // 2]
+    from datetime import datetime, timezone
+    since = datetime.fromisoformat(middle).replace(tzinfo=timezone.utc)
+    result = run(tmp_path, sandbox, entities=["orders"], since=since)
+    staged_orders = staged(tmp_path, "sales_order")
+    assert staged_orders and all(o["order_date"] >= since.isoformat().replace("+00:00", "Z")[:10]
+                                 for o in staged_orders.values() if o["order_date"])
+    assert result.entities["orders"].skipped_before_since > 0
+    assert result.entities["orders"].skipped_before_since + len(versions(tmp_path, "sales_order")) <= len(orders)
