@@ -212,6 +212,12 @@ def register(app: typer.Typer) -> None:
                 c.terminal.info(f"consent: {consent.read.new_unsubscribes} new Ometria unsubscribes, "
                                 f"{consent.diff.planned} opt-outs for KC, {consent.diff.conflicts} conflicts"
                                 + (f", {consent.push.done} written to KC" if commit else ""))
+            outside = result.left_outside_window()
+            if outside:
+                parts = [f"{outside['orders']} orders placed before it not pulled" if outside["orders"] else "",
+                         f"{outside['credit_notes']} credit notes of such orders not checked"
+                         if outside["credit_notes"] else ""]
+                c.terminal.info("left out by the --since window: " + ", ".join(p for p in parts if p))
             if not commit:
                 c.terminal.info(f"dry run: nothing was sent; to send plan {result.plan_id}: "
                                 f"khaosync push --plan {result.plan_id} --commit (or sync --commit)")

@@ -21,6 +21,7 @@ no sales order is an ``ometria_only_order`` (info): a storefront order KC never 
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Iterator
 
@@ -81,6 +82,24 @@ def link(conn, doc: dict, invoices: _InvoiceIndex) -> tuple[str | None, str | No
     return None, None
 
 
+def _outside_window(conn, id_: str, doc: dict) -> bool:
+    """An Ometria order from before a ``pull --since`` window (placed before its start), or
+    standing for a KC order the window left out (by its id, or web_id = the AssociatedRef)."""
+    start = conn.execute("SELECT position FROM bookmark WHERE entity = 'sales_order.window_start'").fetchone()
+    timestamp = doc.get("timestamp")
+    if start is not None and isinstance(timestamp, str) and timestamp:
+        try:
+            placed = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+            if placed.tzinfo is not None and placed < datetime.fromisoformat(start[0]):
+                return True
+        except ValueError:
+            pass  # an unreadable time decides nothing
+    web_id = doc.get("web_id")
+    return conn.execute(
+        "SELECT 1 FROM order_outside_window WHERE key = ? OR (associated_ref != '' AND associated_ref = ?) LIMIT 1",
+        (id_, web_id if isinstance(web_id, str) else "")).fetchone() is not None
+
+
 def _valid_revenue(doc: dict, currency: str | None) -> Decimal:
     if doc.get("is_valid") is False or (currency and doc.get("currency") != currency):
         return Decimal(0)
@@ -104,6 +123,7 @@ class _Classified:
         self.foreign: dict[str, list[tuple[dict, str]]] = {}  # sales order key -> [(foreign doc, how linked)]
         self.unlinked: list[dict] = []                       # foreign orders no sales order explains
         self.above: set[str] = set()                         # our orders valued above the ERP's value
+        self.outside_window = 0                              # KC orders before a pull --since window
 
 
 def _classify(ctx: DetectorContext) -> _Classified:
@@ -122,6 +142,8 @@ def _classify(ctx: DetectorContext) -> _Classified:
         key, how = link(conn, doc, invoices)
         if key is not None:
             out.foreign.setdefault(key, []).append((doc, how or ""))
+        elif _outside_window(conn, id_, doc):
+            out.outside_window += 1  # a KC order placed before a pull --since window: not ours to check
         else:
             out.unlinked.append(_summary(doc))
     ctx.cache["split_consignments"] = out

@@ -87,6 +87,7 @@ class EntityResult:
     held: int = 0         # records that must not be sent (their exceptions say why)
     not_sent: int = 0     # before their trigger, or skipped by a rule (inactive contacts)
     exceptions: int = 0   # findings recorded this run
+    outside_window: int = 0  # credit notes of orders a pull --since left outside its window: not checked
 
     @property
     def mapped(self) -> int:
@@ -329,6 +330,11 @@ class _MapRun:
                 SELECT 1 FROM staged_record s WHERE s.entity = 'sales_order' AND s.current = 1
                   AND s.parsed IS NOT NULL AND s.key = CAST(m.sorder_id AS TEXT))
             ORDER BY m.credit_key""").fetchall()
+        # The order was placed before a `pull --since` window: not khaosync's, left out (counted).
+        outside = {k for (k,) in c.execute("SELECT key FROM order_outside_window")}
+        kept = [o for o in orphans if o[1] is None or str(o[1]) not in outside]
+        result.outside_window = len(orphans) - len(kept)
+        orphans = kept
         findings = [Finding(
             "refund_gap",
             f"credit note {code or key} ({total}) refers to sales order {sorder_id if sorder_id is not None else '(none)'}, "

@@ -55,6 +55,7 @@ class Batch:
     position: datetime | None = None
     listed: int = 0
     code_position: str | None = None  # orders: the highest sales order code now safe
+    outside: list = field(default_factory=list)  # orders before pull --since: (key, code, ref, order_date)
 
 
 class Source(Protocol):
@@ -188,6 +189,7 @@ def next_order_code(code: str) -> str:
 _TRAILING_NUMBER = re.compile(r"([0-9]+)\Z")
 _ONE_ORDER = re.compile(rb"<SALES_ORDER[\s>/]")
 ORDER_CODE_BOOKMARK = "sales_order.code"
+WINDOW_START = "sales_order.window_start"  # set by the first pull --since that left orders out
 
 
 class SoapSource:
@@ -209,6 +211,8 @@ class SoapSource:
         self.store: StateStore | None = None
         self.explicit_since: datetime | None = None  # pull --since: orders placed before it are not staged
         self.skipped_before_since = 0
+        self.outside: list[tuple] = []
+        self._outside_keys: set[str | None] = set()
 
     def bind(self, store: StateStore) -> None:
         """The state store the feeds read what is already staged from (pull calls this)."""
@@ -411,7 +415,11 @@ class SoapSource:
                         continue
                     if (explicit_since is not None and isinstance(record, SalesOrder) and record.order_date
                             and record.order_date < explicit_since):
-                        self.skipped_before_since += 1
+                        if p.key not in self._outside_keys:  # a record served twice is one order
+                            self._outside_keys.add(p.key)
+                            self.skipped_before_since += 1
+                            self.outside.append((p.key, record.sorder_code, record.associated_ref,
+                                                 record.order_date.isoformat()))
                         continue
                     batch.append(p)
             if len(batch) >= self.profile.khaos.company_batch:
@@ -455,7 +463,8 @@ class SoapSource:
 
     def _order_batch(self, orders: list[kparse.Parsed], rejected: list, found_code: str | None) -> Batch:
         parsed = self._with_statuses(orders, rejected) if orders else []
-        return Batch(parsed=parsed, rejected=rejected, listed=len(orders), code_position=found_code)
+        outside, self.outside = self.outside, []
+        return Batch(parsed=parsed, rejected=rejected, listed=len(orders), code_position=found_code, outside=outside)
 
     def _statuses_of(self, codes: list[str], rejected: list) -> dict[str, kparse.Parsed]:
         statuses: dict[str, kparse.Parsed] = {}
@@ -704,6 +713,11 @@ def _commit_batch(store: StateStore, run_id: int, entity: str, batch: Batch, res
             position = batch.position.astimezone(timezone.utc).isoformat()
             staging.set_bookmark(conn, entity, position, run_id, now)
             result.bookmark_after = staging.get_bookmark(conn, entity)
+        if batch.outside:
+            conn.executemany("INSERT OR REPLACE INTO order_outside_window(key, sorder_code, associated_ref, order_date,"
+                             " run_id) VALUES (?, ?, ?, ?, ?)", [(*o, run_id) for o in batch.outside])
+        if entity == "sales_order" and seen_keys:
+            conn.executemany("DELETE FROM order_outside_window WHERE key = ?", [(k,) for k in sorted(seen_keys)])
         if batch.code_position is not None:
             _set_code_bookmark(conn, batch.code_position, run_id, now)
             result.bookmark_after = staging.get_bookmark(conn, ORDER_CODE_BOOKMARK)
@@ -774,6 +788,13 @@ def pull(store: StateStore, profile: Profile, source: Source, *, entities: list[
                 if progress:
                     progress(name, er.fetched, None)
             er.skipped_before_since = getattr(source, "skipped_before_since", 0) - skipped
+            if entity == "sales_order" and er.skipped_before_since and since is not None:
+                # The window's start: what lies before it is not khaosync's to check (Ometria's
+                # older orders, the credit notes of orders before it).
+                with store.transaction() as conn:
+                    if staging.get_bookmark(conn, WINDOW_START) is None:
+                        staging.set_bookmark(conn, WINDOW_START, since.astimezone(timezone.utc).isoformat(), run_id,
+                                             utcnow())
     except BaseException:
         if own_run:
             store.finish_run(run_id, "failed", result.as_dict())

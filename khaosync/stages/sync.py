@@ -69,7 +69,17 @@ class SyncResult:
             "push": pushed or None,
             "consent": self.consent.as_dict() if self.consent is not None else None,
             "fail_findings": self.fail_findings,
+            "left_outside_window": self.left_outside_window(),
         }
+
+    def left_outside_window(self) -> dict[str, int] | None:
+        """What a ``--since`` window left out: orders placed before it (not pulled) and their
+        credit notes (not checked for refund gaps); None when nothing was."""
+        orders = self.pull.entities.get("orders")
+        skipped = orders.skipped_before_since if orders is not None else 0
+        mapped = self.map.entities.get("orders")
+        notes = mapped.outside_window if mapped is not None else 0
+        return {"orders": skipped, "credit_notes": notes} if skipped or notes else None
 
 
 def _merge_plans(store: StateStore, run_id: int, diffs: list[DiffResult]) -> str | None:

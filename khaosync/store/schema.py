@@ -318,6 +318,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX record_alias_record ON record_alias(entity, key);
         """,
     ),
+    (
+        "orders a pull --since left outside its window, so later checks leave them out too",
+        """
+        -- A first `sync --since DATE` walks every order code but stages only orders placed from
+        -- DATE: the ones before it are kept here (no body: khaosync is not responsible for
+        -- them), so their credit notes and their copies in Ometria are left out of the checks,
+        -- and counted, instead of flooding the register. Staging an order removes it.
+        CREATE TABLE order_outside_window (
+            key            TEXT PRIMARY KEY,     -- SORDER_ID
+            sorder_code    TEXT NOT NULL,
+            associated_ref TEXT NOT NULL,
+            order_date     TEXT,                 -- UTC ISO
+            run_id         INTEGER REFERENCES run(id)
+        );
+        CREATE INDEX order_outside_window_ref ON order_outside_window(associated_ref);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
