@@ -763,9 +763,16 @@ class ExportFolder:
         # yielded as one keyless record holding the file's bytes and the reason, and every
         # other file is still read: one broken export never hides the next.
         self.keep_broken_files = keep_broken_files
+        # pull: a file whose bytes it has staged already, unchanged, is not read (or hashed) again.
+        self.unchanged: Callable[[Path], bool] | None = None
 
-    def _each(self, entity: str, paths: list[Path], read: Callable[[Path], Iterable[Parsed]]) -> Iterator[Parsed]:
+    def _each(self, entity: str, paths: list[Path], read: Callable[[Path], Iterable[Parsed]], *,
+              skippable: bool = False) -> Iterator[Parsed]:
+        """Each file's records. ``skippable`` files (read on their own, merged with no other) are
+        passed over when ``self.unchanged(path)`` says the caller holds them exactly as they are."""
         for path in paths:
+            if skippable and self.unchanged is not None and self.unchanged(path):
+                continue
             try:
                 yield from read(path)
             except DocumentError as exc:
@@ -788,9 +795,9 @@ class ExportFolder:
     def companies(self) -> Iterator[Parsed]:
         """``companies*.xml`` (``<COMPANYS>``), then ``customers*.csv|tsv`` reports, through the column map."""
         yield from self._each("company", self.files("companies*.xml"),
-                              lambda path: _from_file(path, "company", self.read_xml))
+                              lambda path: _from_file(path, "company", self.read_xml), skippable=True)
         yield from self._each("company", self.files("customers*.csv", "customers*.tsv"),
-                              lambda path: read_customers(path, self.columns))
+                              lambda path: read_customers(path, self.columns), skippable=True)
 
     def stock_items(self) -> Iterator[Parsed]:
         """``stock*.xml`` (``<STOCK_ITEMS>``) with ``stock_status*.xml`` (``<STOCK_STATUS>``)
@@ -850,7 +857,7 @@ class ExportFolder:
     def credit_notes(self) -> Iterator[Parsed]:
         """``credit_notes*.csv|tsv`` reports, through the column map."""
         yield from self._each("credit_note", self.files("credit_notes*.csv", "credit_notes*.tsv"),
-                              lambda path: read_credit_notes(path, self.columns))
+                              lambda path: read_credit_notes(path, self.columns), skippable=True)
 
 
 def _merge(order: Parsed, status: Parsed) -> Parsed:

@@ -312,3 +312,24 @@ def test_pull_since_stages_only_orders_placed_from_that_date_and_counts_the_rest
                                  for o in staged_orders.values() if o["order_date"])
     assert result.entities["orders"].skipped_before_since > 0
     assert result.entities["orders"].skipped_before_since + len(versions(tmp_path, "sales_order")) <= len(orders)
+
+
+def test_an_unchanged_export_file_is_not_read_again_until_it_changes(tmp_path, sandbox):
+    """The credit-note report is exported again every night: a file whose bytes were staged
+    already is neither parsed nor hashed again; a changed file is; --full reads them all."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    report = (sandbox / "exports" / "credit_notes.csv").read_text()
+    (folder / "credit_notes.csv").write_text(report)
+    first = folder_pull(tmp_path, folder, ["credit-notes"])
+    assert first.entities["credit-notes"].fetched > 0
+    again = folder_pull(tmp_path, folder, ["credit-notes"])
+    assert (again.entities["credit-notes"].fetched, again.entities["credit-notes"].new) == (0, 0)
+    lines = report.splitlines()
+    (folder / "credit_notes.csv").write_text("\n".join(lines[:-1]) + "\n")  # a line less: changed
+    changed = folder_pull(tmp_path, folder, ["credit-notes"])
+    assert changed.entities["credit-notes"].fetched > 0
+    profile = sandbox_profile(state=str(tmp_path / "files.db"))
+    with open_store(profile.state) as store:
+        full = pull(store, profile, FileSource(folder), entities=["credit-notes"], full=True)
+    assert full.entities["credit-notes"].fetched == changed.entities["credit-notes"].fetched
