@@ -43,7 +43,6 @@ from typing import Any
 from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
 from defusedxml.common import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
-from defusedxml.ElementTree import fromstring as defused_fromstring
 from defusedxml.ElementTree import iterparse as defused_iterparse
 from pydantic import BaseModel, ValidationError
 
@@ -413,6 +412,14 @@ class _Reader:
         element = self._first.get(tag)
         return "" if element is None else (element.get(name) or "").strip()
 
+    def child_attr_int(self, tag: str, name: str) -> int | None:
+        child = self.child(tag)
+        return None if child is None else child.attr_int(name)
+
+    def child_attr_decimal(self, tag: str, name: str) -> Decimal | None:
+        child = self.child(tag)
+        return None if child is None else child.attr_decimal(name)
+
     def int(self, tag: str) -> int | None:
         return self._convert(tag, convert.kc_int, "an integer")
 
@@ -432,21 +439,23 @@ class _Reader:
         element = self._first.get(tag)
         return None if element is None else _Reader(element, f"{self.where(tag)}/", self.errors)
 
-    def each(self, container: str, tag: str) -> Iterator[_Reader]:
-        """Readers for ``container/tag`` children, paths numbered from 1 (``ORDER_ITEM[2]/``).
+    def each(self, container: str | None, tag: str) -> Iterator[_Reader]:
+        """Readers for ``container/tag`` children (``container`` None: this element's own
+        ``tag`` children, as an INVOICE's BOXes), paths numbered from 1 (``ORDER_ITEM[2]/``).
 
         An element with nothing in it (``<CONTACT/>``, ``<INVOICE />``: the vendor's documents
         show such placeholders) holds no data and is passed over."""
-        holder = self._first.get(container)
+        holder = self.elem if container is None else self._first.get(container)
         if holder is None:
             return
+        prefix = self.path if container is None else f"{self.where(container)}/"
         n = 0
         for element in holder:
             if _local(element.tag) == tag:
                 n += 1
                 if _is_empty(element):
                     continue
-                yield _Reader(element, f"{self.where(container)}/{tag}[{n}]/", self.errors)
+                yield _Reader(element, f"{prefix}{tag}[{n}]/", self.errors)
 
     def named(self, tag: str) -> dict[str, str]:
         """``<TAG NAME="x">v</TAG>`` children (ADDITIONAL, USER_DEFINED) as ``{x: v}``."""
@@ -562,18 +571,9 @@ def _invoice_fields(r: _Reader) -> dict[str, Any]:
             _drop_none({"shipped": b.attr_bool("SHIPPED"), "ship_date": b.attr_uk_date("SHIP_DATE"),
                         "courier": b.attr("COURIER"), "consignment_ref": b.attr("CONSIGNMENT_REF"),
                         "tracking_url": b.attr("TRACKING_URL")})
-            for b in _each_direct(r, "BOX")
+            for b in r.each(None, "BOX")
         ],
     })
-
-
-def _each_direct(r: _Reader, tag: str) -> Iterator[_Reader]:
-    n = 0
-    for element in r.elem:
-        if _local(element.tag) == tag:
-            n += 1
-            if not _is_empty(element):
-                yield _Reader(element, f"{r.path}{tag}[{n}]/", r.errors)
 
 
 _ADDRESS_TYPES = {"1": "Invoice", "2": "Delivery"}
@@ -810,8 +810,7 @@ def _order_status(elem: ET.Element) -> _Outcome:
         out.errors.append("ORDER_STATUS@SORDER_CODE: missing" + (f" (ASSOCIATED_REF {show(ref)})" if ref else ""))
         return out
     out.key = code
-    type_text = r.child_attr("ORDER_TYPE", "TYPE_ID")
-    order_type = r._convert("ORDER_TYPE", convert.kc_int, "an integer", type_text, "ORDER_TYPE@TYPE_ID")
+    order_type = r.child_attr_int("ORDER_TYPE", "TYPE_ID")
     cancelled = r.child("CANCELLED")
     invoices = [_invoice_fields(i) for i in r.each("INVOICES", "INVOICE")]
     complete = r.bool("COMPLETE")
@@ -827,11 +826,9 @@ def _order_status(elem: ET.Element) -> _Outcome:
         "date_created": r.uk_date("DATE_CREATED"),
         "delivery_date": r.uk_date("DELIVERY_DATE"),
         "items_total": r.decimal("ITEMS_TOTAL"),
-        "items_net": r._convert("ITEMS_TOTAL", convert.kc_decimal, "a decimal",
-                                r.child_attr("ITEMS_TOTAL", "NET_VALUE"), "ITEMS_TOTAL@NET_VALUE"),
+        "items_net": r.child_attr_decimal("ITEMS_TOTAL", "NET_VALUE"),
         "delivery_total": r.decimal("DELIVERY_TOTAL"),
-        "delivery_net": r._convert("DELIVERY_TOTAL", convert.kc_decimal, "a decimal",
-                                   r.child_attr("DELIVERY_TOTAL", "NET_VALUE"), "DELIVERY_TOTAL@NET_VALUE"),
+        "delivery_net": r.child_attr_decimal("DELIVERY_TOTAL", "NET_VALUE"),
         "complete": complete,
         "qty_sold": r.decimal("QTY_SOLD"),
         "qty_assigned": r.decimal("QTY_ASSIGNED"),
@@ -1167,49 +1164,11 @@ def parse_stock_statuses(doc: bytes) -> Iterator[Parsed]:
     return _parsed_records(doc, kind)
 
 
-def _small_document(doc: bytes, root_tag: str) -> ET.Element:
-    check_document(doc, root_tag)
-    try:
-        root = defused_fromstring(doc, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except _DOCUMENT_FAILURES as exc:  # pragma: no cover - check_document has seen it
-        raise _document_error(exc) from None
-    if _local(root.tag) != root_tag:
-        raise DocumentError(f"expected a <{root_tag}> document, got <{_local(root.tag)}>")
-    return root
-
-
-def _unique(values: Iterator[Any]) -> list[Any]:
-    # KC may list a code twice; exporting it twice would only waste a batch slot.
-    return list(dict.fromkeys(values))
-
-
-def parse_company_list(doc: bytes) -> list[str]:
-    """``<COMPANY_LIST>`` (GetCompanyList) -> company codes (URNs), in order, blanks and repeats dropped."""
-    root = _small_document(doc, "COMPANY_LIST")
-    return _unique(
-        text for el in root if _local(el.tag) == "COMPANY_CODE" and (text := (el.text or "").strip())
-    )
-
-
-def parse_stock_list(doc: bytes) -> list[tuple[str, str | None]]:
-    """``<STOCK_LIST>`` (GetStockList) -> ``(stock_code, parent_code or None)``, in order, repeats dropped."""
-    root = _small_document(doc, "STOCK_LIST")
-    items = []
-    for el in root:
-        if _local(el.tag) != "ITEM":
-            continue
-        reader = _Reader(el, "", [])
-        code = reader.text("STOCK_CODE")
-        if code:
-            items.append((code, reader.optional_text("PARENT_CODE")))
-    return _unique(iter(items))
-
-
 __all__ = [
     "DUPLICATE", "DocumentError", "INVALID", "ISO_4217", "ORDER_STATUSES", "Parsed", "build_record", "check_document",
     "company_problems",
     "expected_order_amount", "is_currency", "is_email", "minor_units", "order_status_problems",
-    "parse_companies", "parse_company_list", "parse_order_statuses", "parse_sales_orders", "parse_stock_items",
+    "parse_companies", "parse_order_statuses", "parse_sales_orders", "parse_stock_items",
     "parse_stock_statuses", "stock_status_problems", "derived_status", "redact_document", "as_utf8",
-    "parse_stock_list", "problem", "sales_order_problems", "show", "stock_item_problems", "validation_reasons",
+    "problem", "sales_order_problems", "show", "stock_item_problems", "validation_reasons",
 ]

@@ -27,6 +27,7 @@ _KEYS: dict[tuple[str, str], bytes] = {
 class Piece:
     raw: bytes          # the record's bytes as KC sent them, from its opening tag
     key: str | None     # the stable id if it can be read from the text, else None
+    start: int = 0      # where it begins in the document (what comes before the first is the prolog)
 
 
 def cut(document: bytes, record_tag: str, root_tag: str) -> list[Piece]:
@@ -42,7 +43,8 @@ def cut(document: bytes, record_tag: str, root_tag: str) -> list[Piece]:
         if i + 1 == len(starts) and raw.endswith(root_close):
             raw = raw[: -len(root_close)].rstrip()  # the root's closing tag is not part of the record
         match = key_re.search(raw)
-        pieces.append(Piece(raw=raw, key=match.group(1).decode("utf-8", "replace").strip() if match else None))
+        pieces.append(Piece(raw=raw, key=match.group(1).decode("utf-8", "replace").strip() if match else None,
+                            start=start))
     return pieces
 
 

@@ -99,11 +99,7 @@ class KhaosMethods:
     def _export_company(self, world: World, req: Request) -> str:
         if req.number("MappingType") != 1:
             raise client_fault("ExportCompany: MappingType must be 1 (URN)")
-        docs = self._by_field(world, "company", "company_code", kc_list(req.text("CompanyCode")))
-        if req.has("LastUpdated"):
-            since = req.when("LastUpdated")
-            if since.year > 1899:  # 1899-12-31 is KC's "no date": everything asked for
-                docs = [d for d in docs if _after(d["updated"], since)]
+        docs = _changed_since(req, self._by_field(world, "company", "company_code", kc_list(req.text("CompanyCode"))))
         return render.document("COMPANYS", self._render_records(world, "company", docs, render.render_company))
 
     def _import_company(self, world: World, req: Request) -> dict:
@@ -156,12 +152,7 @@ class KhaosMethods:
         fields = {1: "stock_code", 2: "other_ref"}
         if mapping not in fields:
             raise client_fault(f"{req.method}: MappingType must be 1 (StockCode) or 2 (OtherRef)")
-        docs = self._by_field(world, "stock_item", fields[mapping], codes)
-        if req.has("LastUpdated"):
-            since = req.when("LastUpdated")
-            if since.year > 1899:
-                docs = [d for d in docs if _after(d["updated"], since)]
-        return docs
+        return _changed_since(req, self._by_field(world, "stock_item", fields[mapping], codes))
 
     def _export_stock(self, world: World, req: Request) -> str:
         docs = self._stock_docs(world, req, kc_list(req.text("StockCode")))
@@ -224,6 +215,15 @@ class KhaosMethods:
         out = [render.text_of(overrides[d["sorder_id"]]) if d["sorder_id"] in overrides
                else render.render_order_status(d) for d in docs]
         return render.document("STATUS_LIST", out)
+
+
+def _changed_since(req: Request, docs: list[dict]) -> list[dict]:
+    """An export's ``LastUpdated``: only what changed after it; 1899-12-31 (KC's "no date"),
+    or none given, everything asked for."""
+    if not req.has("LastUpdated"):
+        return docs
+    since = req.when("LastUpdated")
+    return docs if since.year <= 1899 else [d for d in docs if _after(d["updated"], since)]
 
 
 def scs_export(world: World) -> str:

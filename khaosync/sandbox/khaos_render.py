@@ -43,13 +43,6 @@ def kc_when(value: str | None) -> str:
     return NO_DATE if value is None else value
 
 
-def kc_day(value: str | None) -> str:
-    """A date kept as ``YYYY-MM-DD`` (DOB) in KC's datetime form."""
-    if value is None:
-        return NO_DATE
-    return value if "T" in value else f"{value}T00:00:00"
-
-
 def el(name: str, value: Any = None, *, attrs: dict[str, str] | None = None) -> str:
     """``<NAME>text</NAME>``, or ``<NAME/>`` when empty. ``value`` may be pre-rendered children."""
     attr = "".join(f" {k}={_attr(v)}" for k, v in (attrs or {}).items())

@@ -128,7 +128,7 @@ def read_document(entity: str, document: bytes) -> tuple[list[kparse.Parsed], li
         return [], [(None, f"unreadable {root} document: {reason_whole}", document)]
     parsed: list[kparse.Parsed] = []
     rejected: list[tuple[str | None, str, bytes]] = []
-    prolog = document[:document.find(pieces[0].raw[:64])] if pieces[0].raw[:64] in document else b""
+    prolog = document[:pieces[0].start]
     if b"<!" in prolog.replace(b"<!--", b""):
         # A declaration before the records (a DTD, an entity) belongs to no record: kept on its own.
         rejected.append((None, f"unreadable {root} document: {reason_whole}; its records were read one by one",
@@ -307,12 +307,10 @@ class SoapSource:
             if status is None:
                 out.append(self._keep_stock_status(p))
             elif status.record is None:
-                reason = "; ".join(e.reason for e in status.problems) or "unreadable stock status"
-                rejected.append((status.key, f"stock status: {reason}", status.raw))
+                rejected.append(_unreadable_status(status.key, status, "stock status"))
                 out.append(self._keep_stock_status(p))
             else:
-                problems = p.problems + [RecordError(entity="stock_item", key=p.key, stage=STAGE, kind=e.kind,
-                                                     reason=f"stock status: {e.reason}") for e in status.problems]
+                problems = p.problems + _status_problems(status, "stock_item", p.key, "stock status")
                 out.append(kparse.Parsed(p.entity, p.key, attach.stock_raw(p.raw, status.raw),
                                          attach.with_stock_status(p.record, status.record), problems))
         return out
@@ -364,8 +362,7 @@ class SoapSource:
             updates: list[kparse.Parsed] = []
             for status in statuses:
                 if status.record is None or status.key is None:
-                    reason = "; ".join(e.reason for e in status.problems) or "unreadable stock status"
-                    rejected.append((status.key, f"stock status: {reason}", status.raw))
+                    rejected.append(_unreadable_status(status.key, status, "stock status"))
                     continue
                 keys = staging.keys_by_alias(self._conn(), "stock_item", "stock_code", status.key)
                 staged = staging.current(self._conn(), "stock_item", keys[-1]) if keys else None
@@ -377,8 +374,7 @@ class SoapSource:
                 updated = attach.with_stock_status(item, status.record)
                 if updated == item:
                     continue
-                problems = [RecordError(entity="stock_item", key=staged.key, stage=STAGE, kind=e.kind,
-                                        reason=f"stock status: {e.reason}") for e in status.problems]
+                problems = _status_problems(status, "stock_item", staged.key, "stock status")
                 updates.append(kparse.Parsed("stock_item", staged.key, attach.stock_raw(staged.raw, status.raw),
                                              updated, problems))
             yield Batch(parsed=updates, rejected=rejected, listed=0)
@@ -528,17 +524,28 @@ class SoapSource:
             yield Batch(parsed=updates, rejected=rejected, listed=0)
 
 
+def _unreadable_status(key: str | None, status: kparse.Parsed, what: str,
+                       label: str | None = None) -> tuple[str | None, str, bytes]:
+    """A status khaosync cannot read (``what``: "stock status"), as a rejected payload naming
+    the record it belongs to; ``label`` heads the reason (default ``what``)."""
+    reason = "; ".join(e.reason for e in status.problems) or f"unreadable {what}"
+    return key, f"{label or what}: {reason}", status.raw
+
+
+def _status_problems(status: kparse.Parsed, entity: str, key: str | None, what: str) -> list[RecordError]:
+    """A readable status's problems, as problems of the record it is attached to."""
+    return [RecordError(entity=entity, key=key, stage=STAGE, kind=e.kind, reason=f"{what}: {e.reason}")
+            for e in status.problems]
+
+
 def _merged(order: kparse.Parsed, status: kparse.Parsed, rejected: list) -> kparse.Parsed:
     """An order with its status attached. A status khaosync cannot read never replaces what
     the order had: the order is staged as it was (its last good state), and the unreadable
     status is kept as a payload with an exception."""
-    problems = list(order.problems)
     if status.record is None:
-        reason = "; ".join(e.reason for e in status.problems) or "unreadable order status"
-        rejected.append((order.key, f"order status {status.key}: {reason}", status.raw))
+        rejected.append(_unreadable_status(order.key, status, "order status", f"order status {status.key}"))
         return order
-    problems += [RecordError(entity="sales_order", key=order.key, stage=STAGE, reason=f"order status: {e.reason}",
-                             kind=e.kind) for e in status.problems]
+    problems = order.problems + _status_problems(status, "sales_order", order.key, "order status")
     if order.record is None:
         # An unreadable order keeps its status's bytes beside its own, nothing more.
         return kparse.Parsed("sales_order", order.key, attach.order_raw(order.raw, status.raw), None, problems)
@@ -735,9 +742,7 @@ def _commit_batch(store: StateStore, run_id: int, entity: str, batch: Batch, res
             staging.set_bookmark(conn, entity, position, run_id, now)
             result.bookmark_after = staging.get_bookmark(conn, entity)
         for name, digest in batch.files:
-            conn.execute("INSERT INTO bookmark(entity, position, run_id, updated_at) VALUES (?,?,?,?) ON CONFLICT(entity)"
-                         " DO UPDATE SET position = excluded.position, run_id = excluded.run_id,"
-                         " updated_at = excluded.updated_at", (name, digest, run_id, now))
+            staging.put_bookmark(conn, name, digest, run_id, now)
         if batch.outside:
             conn.executemany("INSERT OR REPLACE INTO order_outside_window(key, sorder_code, associated_ref, order_date,"
                              " run_id) VALUES (?, ?, ?, ?, ?)", [(*o, run_id) for o in batch.outside])
@@ -757,12 +762,8 @@ def _code_number(code: str) -> int:
 def _set_code_bookmark(conn, code: str, run_id: int, now: str) -> None:
     """Codes compare by their number (``SO99999`` < ``SO100000``), not as text."""
     current = staging.get_bookmark(conn, ORDER_CODE_BOOKMARK)
-    if current is not None and _code_number(current) >= _code_number(code):
-        return
-    conn.execute(
-        "INSERT INTO bookmark(entity, position, run_id, updated_at) VALUES (?,?,?,?) ON CONFLICT(entity) DO UPDATE"
-        " SET position = excluded.position, run_id = excluded.run_id, updated_at = excluded.updated_at",
-        (ORDER_CODE_BOOKMARK, code, run_id, now))
+    if current is None or _code_number(current) < _code_number(code):
+        staging.put_bookmark(conn, ORDER_CODE_BOOKMARK, code, run_id, now)
 
 
 def _start_of(profile: Profile, store: StateStore, entity: str, since: datetime | None, full: bool) -> datetime:

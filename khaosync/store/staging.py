@@ -130,6 +130,17 @@ def get_bookmark(conn: sqlite3.Connection, entity: str) -> str | None:
     return row[0] if row else None
 
 
+def put_bookmark(conn: sqlite3.Connection, entity: str, position: str, run_id: int, now: str) -> None:
+    """Set a bookmark whatever it held: for positions that do not order as text (an order code,
+    a file's digest); the caller decides whether it moves."""
+    conn.execute(
+        """INSERT INTO bookmark(entity, position, run_id, updated_at) VALUES (?,?,?,?)
+           ON CONFLICT(entity) DO UPDATE SET position = excluded.position, run_id = excluded.run_id,
+               updated_at = excluded.updated_at""",
+        (entity, position, run_id, now),
+    )
+
+
 def set_bookmark(conn: sqlite3.Connection, entity: str, position: str, run_id: int, now: str) -> None:
     """Move a bookmark forward only; a re-read of older data never moves it back."""
     conn.execute(

@@ -46,7 +46,6 @@ def test_too_small_a_merchant_is_a_usage_error(runner):
 
 def test_manifest_counts_match_what_the_emulators_serve(runner, tmp_path):
     from khaosync.config import sandbox_profile
-    from khaosync.khaos.parse import parse_company_list  # noqa: F401  (the client parses)
     from khaosync.khaos.soap import KhaosClient
     from khaosync.sandbox.server import SandboxApp
     from khaosync.stages.pull import read_document

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from khaosync.errors import RecordError
-from khaosync.khaos.models import Company, OrderStatus, SalesOrder, StockItem
+from khaosync.khaos.models import Company, SalesOrder, StockItem
 from khaosync.khaos.parse import (
     ISO_4217,
     DocumentError,
@@ -22,11 +22,8 @@ from khaosync.khaos.parse import (
     expected_order_amount,
     is_email,
     parse_companies,
-    parse_company_list,
-    parse_order_statuses,
     parse_sales_orders,
     parse_stock_items,
-    parse_stock_list,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -391,31 +388,6 @@ def test_text_is_refused_as_a_document() -> None:
 def test_an_empty_document_has_no_records() -> None:
     assert list(parse_companies(b"<COMPANYS/>")) == []
     assert list(parse_sales_orders(b"<?xml version='1.0'?>\n<SALES_ORDERS>\n</SALES_ORDERS>")) == []
-
-
-# -- the lists ---------------------------------------------------------------------------
-
-
-def test_company_list() -> None:
-    doc = b"<COMPANY_LIST><COMPANY_CODE>C000123</COMPANY_CODE><COMPANY_CODE> C000124 </COMPANY_CODE>" \
-          b"<COMPANY_CODE/><COMPANY_CODE>C000123</COMPANY_CODE></COMPANY_LIST>"
-    assert parse_company_list(doc) == ["C000123", "C000124"]
-    assert parse_company_list(b"<COMPANY_LIST/>") == []
-
-
-def test_stock_list() -> None:
-    doc = b'<STOCK_LIST COUNT="3"><ITEM><STOCK_CODE>TEE-RED-M</STOCK_CODE><PARENT_CODE>TEE</PARENT_CODE></ITEM>' \
-          b"<ITEM><STOCK_CODE>TEE</STOCK_CODE><PARENT_CODE/></ITEM><ITEM><STOCK_CODE>MUG1</STOCK_CODE></ITEM>" \
-          b"<ITEM><STOCK_CODE/></ITEM></STOCK_LIST>"
-    assert parse_stock_list(doc) == [("TEE-RED-M", "TEE"), ("TEE", None), ("MUG1", None)]
-
-
-@pytest.mark.parametrize("parse", [parse_company_list, parse_stock_list])
-def test_lists_refuse_bad_documents(parse) -> None:
-    with pytest.raises(DocumentError):
-        parse(fixture("hostile_billion_laughs.xml"))
-    with pytest.raises(DocumentError, match="expected a"):
-        parse(b"<COMPANYS/>")
 
 
 # -- helpers -----------------------------------------------------------------------------
