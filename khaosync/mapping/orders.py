@@ -32,6 +32,7 @@ One Ometria order per KC sales order, keyed on the stable SORDER_ID, whatever it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Callable
 
@@ -41,7 +42,7 @@ from khaosync.khaos.models import CreditNote, OrderLine, SalesOrder
 from khaosync.mapping.outcome import Finding, Lineage, Outcome
 from khaosync.mapping.products import ProductRef, variant_options
 from khaosync.mapping.schema import Mapping
-from khaosync.ometria.models import CURRENCIES, Order, penny
+from khaosync.ometria.models import CURRENCIES, CheckedOrder, Order, order_wire_ok, penny
 
 ZERO = Decimal(0)
 
@@ -467,20 +468,26 @@ def map_sales_order(order: SalesOrder, version: int, mapping: Mapping, *, catalo
         if refunds.delivery:
             properties["delivery_refund_in_lines"] = _q(refunds.delivery, unit)
     customer_id = str(order.company_id if mapping.identity.customer_id == "company_id" else order.contact_id)
+    wire = {
+        "@type": "order", "id": key, "timestamp": _iso_z(order.order_date.astimezone(UTC)),  # type: ignore[union-attr]
+        "currency": order.currency, "grand_total": totals.grand_total, "subtotal": totals.subtotal,
+        "discount": _signed(totals.discount, sign), "shipping": totals.shipping, "tax": totals.tax,
+        "status": status, "is_valid": valid,
+        "customer": {k: v for k, v in (("id", customer_id), ("email", customer.email if customer else None),
+                                      ("firstname", customer.firstname if customer else None),
+                                      ("lastname", customer.lastname if customer else None)) if v is not None},
+        "store": rules.store.pick(order.site), "channel": rules.channel.pick(order.sales_source),
+        "web_id": order.associated_ref or None,
+        "coupon_code": (order.keycode_code or None) if rules.coupon_from_keycode else None,
+        "shipping_method": order.courier_code or None,
+        "properties": properties or None, "lineitems": items,
+    }
+    wire = {k: v for k, v in wire.items() if v is not None}
+    if order_wire_ok(wire):  # the model's own rules, checked once without building it
+        outcome.record = CheckedOrder(wire)
+        return outcome
     try:
-        outcome.record = Order(
-            id=key, timestamp=order.order_date, currency=order.currency,
-            grand_total=totals.grand_total, subtotal=totals.subtotal, discount=_signed(totals.discount, sign),
-            shipping=totals.shipping, tax=totals.tax, status=status, is_valid=valid,
-            customer={k: v for k, v in (("id", customer_id), ("email", customer.email if customer else None),
-                                        ("firstname", customer.firstname if customer else None),
-                                        ("lastname", customer.lastname if customer else None)) if v is not None},
-            store=rules.store.pick(order.site), channel=rules.channel.pick(order.sales_source),
-            web_id=order.associated_ref or None,
-            coupon_code=(order.keycode_code or None) if rules.coupon_from_keycode else None,
-            shipping_method=order.courier_code or None,
-            properties=properties or None, lineitems=items,
-        )
+        outcome.record = Order.model_validate(wire)
     except ValidationError as exc:
         reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         outcome.held_because(f"not a valid Ometria order: {reason}")

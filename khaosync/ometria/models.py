@@ -314,6 +314,148 @@ class Order(OmetriaRecord):
         return self
 
 
+class CheckedOrder:
+    """An order's wire dict that :func:`order_wire_ok` found valid: what ``map`` writes.
+
+    Building the pydantic ``Order`` for every order costs more than the mapping rules; the
+    dict the rules build is checked once, by the same rules, in plain Python. ``to_wire()``
+    gives it as is; any other attribute reads the equivalent validated ``Order`` (built on
+    first use), so a caller that looks closer sees the model, never a looser object.
+    """
+
+    __slots__ = ("_wire", "_model")
+    TYPE: ClassVar[str] = "order"
+
+    def __init__(self, wire: dict):
+        self._wire = wire
+        self._model: Order | None = None
+
+    def to_wire(self) -> dict:
+        return self._wire
+
+    def model(self) -> "Order":
+        if self._model is None:
+            self._model = Order.model_validate(self._wire)
+        return self._model
+
+    def __getattr__(self, name: str):
+        return getattr(self.model(), name)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CheckedOrder):
+            return self._wire == other._wire
+        return self.model() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"CheckedOrder({self._wire!r})"
+
+
+_LINE_MONEY = ("unit_price", "subtotal", "discount", "tax", "total", "refunded")
+_LINE_KEYS = frozenset({"product_id", "variant_id", "sku", "quantity", "quantity_refunded", "is_on_sale",
+                        "variant_options", "properties", *_LINE_MONEY})
+_ORDER_MONEY = ("grand_total", "subtotal", "discount", "shipping", "tax")
+_ORDER_TEXT = ("status", "store", "channel", "web_id", "coupon_code", "payment_method", "shipping_method")
+_ORDER_KEYS = frozenset({"@type", "id", "timestamp", "currency", "is_valid", "customer", "properties", "lineitems",
+                         *_ORDER_MONEY, *_ORDER_TEXT})
+_CUSTOMER_KEYS = frozenset({"id", "email", "firstname", "lastname"})
+_OPTION_KEYS = frozenset({"id", "type", "label"})
+_UTC_Z = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?Z")
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is str and bool(value.strip()) and "@" not in value
+
+
+def _exact(value: Any, unit: Decimal) -> bool:
+    if type(value) is not Decimal or not value.is_finite():
+        return False
+    try:
+        return value.quantize(unit) == value
+    except InvalidOperation:
+        return False
+
+
+def _plain_values(value: Any) -> bool:
+    try:
+        _json_values(value)
+    except ValueError:
+        return False
+    return True
+
+
+def order_wire_ok(wire: dict) -> bool:
+    """Whether ``Order.model_validate(wire).to_wire()`` would give ``wire`` back unchanged.
+
+    A sound subset of ``Order``'s rules, for the dicts ``mapping.orders`` builds: True only
+    when every field is of the exact type the model keeps as is (Decimal amounts, str ids, a
+    canonical ``...Z`` timestamp) and passes the model's checks (ids, email, currency,
+    amounts in the currency's unit, no unknown field). False means "not sure": build the
+    model, which accepts the record or says why not. (tests/ometria/test_order_check.py holds
+    True to that promise.)
+    """
+    if type(wire) is not dict or not _ORDER_KEYS.issuperset(wire) or wire.get("@type") != "order":
+        return False
+    currency = wire.get("currency")
+    timestamp = wire.get("timestamp")
+    if not _is_id(wire.get("id")) or type(currency) is not str or currency not in CURRENCIES or type(timestamp) is not str \
+            or not _UTC_Z.fullmatch(timestamp) or "grand_total" not in wire:
+        return False
+    unit = penny(currency)
+    for name in _ORDER_MONEY:
+        if name in wire and not _exact(wire[name], unit):
+            return False
+    for name in _ORDER_TEXT:
+        if name in wire and type(wire[name]) is not str:
+            return False
+    if "is_valid" in wire and type(wire["is_valid"]) is not bool:
+        return False
+    if "customer" in wire:
+        customer = wire["customer"]
+        if type(customer) is not dict or not _CUSTOMER_KEYS.issuperset(customer):
+            return False
+        if "id" in customer and not _is_id(customer["id"]):
+            return False
+        if "email" in customer and not (type(customer["email"]) is str and is_ometria_email(customer["email"])):
+            return False
+        if any(type(customer[k]) is not str for k in ("firstname", "lastname") if k in customer):
+            return False
+    if "properties" in wire and not (type(wire["properties"]) is dict and _plain_values(wire["properties"])):
+        return False
+    lines = wire.get("lineitems")
+    if type(lines) is not list:
+        return False
+    for line in lines:
+        if type(line) is not dict or not _LINE_KEYS.issuperset(line) or not _is_id(line.get("product_id")):
+            return False
+        if "variant_id" in line and not _is_id(line["variant_id"]):
+            return False
+        if "sku" in line and type(line["sku"]) is not str:
+            return False
+        for name in ("quantity", "quantity_refunded"):
+            value = line.get(name)
+            if (name in line or name == "quantity") and not (type(value) is Decimal and value.is_finite() and value >= 0):
+                return False
+        for name in _LINE_MONEY:
+            if name in line and not _exact(line[name], unit):
+                return False
+        if "is_on_sale" in line and type(line["is_on_sale"]) is not bool:
+            return False
+        if "variant_options" in line:  # a None anywhere is left out by the model: not this dict
+            options = line["variant_options"]
+            if type(options) is not list:
+                return False
+            for option in options:
+                if type(option) is not dict or not _OPTION_KEYS.issuperset(option) \
+                        or type(option.get("id")) is not str or type(option.get("type")) is not str \
+                        or ("label" in option and type(option["label"]) is not str):
+                    return False
+        if "properties" in line and not (type(line["properties"]) is dict and _plain_values(line["properties"])):
+            return False
+    return True
+
+
 # -- product ---------------------------------------------------------------------------------
 
 
@@ -408,6 +550,6 @@ def record_from_wire(data: dict | bytes) -> OmetriaRecord:
 
 __all__ = [
     "Attribute", "CURRENCIES", "Contact", "CustomEvent", "Listing", "LineItem", "MarketingOptin", "Money", "Order",
-    "OrderAddress", "OrderCustomer", "OmetriaRecord", "Product", "RECORD_MODELS", "VariantOption", "is_ometria_email",
+    "OrderAddress", "OrderCustomer", "CheckedOrder", "order_wire_ok", "OmetriaRecord", "Product", "RECORD_MODELS", "VariantOption", "is_ometria_email",
     "minor_units", "penny", "record_from_wire",
 ]

@@ -59,9 +59,12 @@ def reference_dumps(record: dict) -> bytes:
     return _encode(record).encode("utf-8")
 
 
-def _fragment(value: Any) -> orjson.Fragment:
-    if type(value) is Decimal:
-        return orjson.Fragment(_number(value))
+def _fragment(value: Any, _Fragment=orjson.Fragment, _Decimal=Decimal) -> orjson.Fragment:
+    # ``_number`` inlined: this runs once per amount of every record mapped.
+    if type(value) is _Decimal:
+        if not value.is_finite():
+            raise ValueError(f"not a finite amount: {value}")
+        return _Fragment(format(value, "f").lstrip("-") if not value else format(value, "f"))
     raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 

@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from khaosync.config import Profile
 from khaosync.findings import TYPES, owner_of, severity_of
+from khaosync.khaos import staged
 from khaosync.khaos.models import Company, CreditNote, SalesOrder, StockItem
 from khaosync.mapping.contacts import Member, SharedEmails, consent_for, email_key, map_company
 from khaosync.mapping.orders import Catalogue, CustomerRef, map_sales_order
@@ -293,19 +294,30 @@ class _MapRun:
         self.write(outcomes, result, findings)
         self._tick("contacts", done, total)
 
-    def customer_known(self, order: SalesOrder) -> bool:
-        if order.company_id is None:
-            return False
-        return self.conn.execute(
-            "SELECT 1 FROM staged_record WHERE entity = 'company' AND key = ? AND current = 1 AND parsed IS NOT NULL",
-            (str(order.company_id),)).fetchone() is not None
+    def customers_of(self, orders: list) -> tuple[dict[int, tuple], set[int]]:
+        """A batch's contacts (``temp.map_contact`` rows by contact id) and the ids of its
+        companies that are readable staged records: two queries a batch, not two an order."""
+        contacts = sorted({o.contact_id for o in orders if o.contact_id is not None})
+        companies = sorted({str(o.company_id) for o in orders if o.company_id is not None})
+        rows: dict[int, tuple] = {}
+        known: set[int] = set()
+        for start in range(0, len(contacts), 500):
+            part = contacts[start:start + 500]
+            for row in self.conn.execute(
+                    "SELECT contact_id, company_id, company_version, email, email_key IS NOT NULL, firstname, lastname,"
+                    f" inactive FROM temp.map_contact WHERE contact_id IN ({','.join('?' * len(part))})", part):
+                rows[row[0]] = row[1:]
+        for start in range(0, len(companies), 500):
+            part = companies[start:start + 500]
+            known.update(int(k) for (k,) in self.conn.execute(
+                "SELECT key FROM staged_record WHERE entity = 'company' AND current = 1 AND parsed IS NOT NULL"
+                f" AND key IN ({','.join('?' * len(part))})", part))
+        return rows, known
 
-    def customer(self, order: SalesOrder) -> CustomerRef | None:
+    def customer(self, order, contacts: dict[int, tuple]) -> CustomerRef | None:
         if order.contact_id is None:
             return None
-        row = self.conn.execute(
-            "SELECT company_id, company_version, email, email_key IS NOT NULL, firstname, lastname, inactive"
-            " FROM temp.map_contact WHERE contact_id = ?", (order.contact_id,)).fetchone()
+        row = contacts.get(order.contact_id)
         if row is None:
             return None
         company_id, version, email, valid, first, last, inactive = row
@@ -344,9 +356,18 @@ class _MapRun:
         if findings:
             self.write([], result, findings)
 
-    def credit_notes(self, sorder_id: int) -> list[tuple[CreditNote, int]]:
-        return [(CreditNote.model_validate_json(parsed), version) for parsed, version in self.conn.execute(
-            "SELECT parsed, version FROM temp.map_credit WHERE sorder_id = ? ORDER BY credit_key", (sorder_id,))]
+    def credit_notes_of(self, sorder_ids: list[int]) -> dict[int, list[tuple]]:
+        """The batch's credit notes by sales order, in credit key order, read once each."""
+        notes: dict[int, list[tuple]] = {}
+        ids = sorted(set(sorder_ids))
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            for sorder_id, parsed, version in self.conn.execute(
+                    "SELECT sorder_id, parsed, version FROM temp.map_credit"
+                    f" WHERE sorder_id IN ({','.join('?' * len(part))}) ORDER BY sorder_id, credit_key", part):
+                note = staged.credit_note(parsed) or CreditNote.model_validate_json(parsed)
+                notes.setdefault(sorder_id, []).append((note, version))
+        return notes
 
     def order_reads(self, order: SalesOrder) -> set[map_state.Read]:
         """Every (entity, key) mapping this order looks up, found or not (its reverse lineage)."""
@@ -372,29 +393,34 @@ class _MapRun:
         self.index_credit_notes(result)
         total = staging.count_current(self.conn, "sales_order") if keys is None else len(keys)
         done = 0
-        staged_orders = staging.iter_current(self.conn, "sales_order") if keys is None else \
-            _current_of(self.conn, "sales_order", keys)
-        for batch in _batches(staged_orders, self.batch_size):
+        for batch in _parsed_pages(self.conn, "sales_order", keys, self.batch_size):
             done += len(batch)
-            stored = {("order", k): s for k, s in outbound.existing(self.conn, "order", [r.key for r in batch]).items()}
+            stored = {("order", k): s for k, s in outbound.existing(self.conn, "order", [k for k, _, _ in batch]).items()}
             outcomes: list[Outcome] = []
             findings: list[Finding] = []
             reads: dict[str, set[map_state.Read]] = {}
-            for staged in batch:
-                if staged.parsed is None:
+            orders: list[tuple] = []
+            for key, version, parsed in batch:
+                if parsed is None:
                     result.skipped_raw += 1
                     continue
-                try:
-                    order = SalesOrder.model_validate(staged.parsed)
-                except ValidationError as exc:
-                    findings.append(_unreadable("sales_order", staged.key, exc))
-                    continue
+                order = staged.sales_order(parsed)  # canonical text at C speed; else the model reads it
+                if order is None:
+                    try:
+                        order = SalesOrder.model_validate_json(parsed)
+                    except ValidationError as exc:
+                        findings.append(_unreadable("sales_order", key, exc))
+                        continue
+                orders.append((order, version))
+            contacts, known = self.customers_of([o for o, _ in orders])
+            notes_of = self.credit_notes_of([o.sorder_id for o, _ in orders])
+            for order, version in orders:
                 result.staged += 1
-                notes = self.credit_notes(order.sorder_id)
+                notes = notes_of.get(order.sorder_id, [])
                 reads[order.key] = self.order_reads(order) | {("credit_note", n.key) for n, _ in notes}
                 outcome = map_sales_order(
-                    order, staged.version, self.mapping, catalogue=self.catalogue, customer=self.customer(order),
-                    customer_known=self.customer_known(order),
+                    order, version, self.mapping, catalogue=self.catalogue, customer=self.customer(order, contacts),
+                    customer_known=order.company_id in known,
                     credit_notes=notes, already_mapped=("order", order.key) in stored)
                 if outcome is None:
                     result.not_sent += 1
@@ -498,6 +524,31 @@ def _current_of(conn, entity: str, keys: set[str]) -> Iterable[staging.StagedRec
     for start in range(0, len(ordered), 500):
         part = ordered[start:start + 500]
         yield from staging.current_of(conn, entity, part)
+
+
+def _parsed_pages(conn, entity: str, keys: set[str] | None, size: int) -> Iterable[list[tuple[str, int, str | None]]]:
+    """(key, version, parsed text) of the current staged records (of ``keys``, or all), in key
+    order, a page at a time: the raw bytes stay on disk, the text is decoded by the caller."""
+    if keys is None:
+        after = ""
+        while True:
+            rows = conn.execute("SELECT key, version, parsed FROM staged_record WHERE entity = ? AND current = 1"
+                                " AND key > ? ORDER BY key LIMIT ?", (entity, after, size)).fetchall()
+            if rows:
+                yield rows
+            if len(rows) < size:
+                return
+            after = rows[-1][0]
+    ordered = sorted(keys)
+    for start in range(0, len(ordered), size):
+        part = ordered[start:start + size]
+        page: list[tuple[str, int, str | None]] = []
+        for sub in range(0, len(part), 500):
+            chunk = part[sub:sub + 500]
+            page += conn.execute(f"SELECT key, version, parsed FROM staged_record WHERE entity = ? AND current = 1"
+                                 f" AND key IN ({','.join('?' * len(chunk))}) ORDER BY key", (entity, *chunk)).fetchall()
+        if page:
+            yield page
 
 
 def mapping_hash(mapping: Mapping) -> str:

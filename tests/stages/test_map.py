@@ -377,6 +377,56 @@ def test_bodies_are_byte_identical_to_the_reference_encoder(pulled, tmp_path, ma
     assert sum(1 for row in out.rows.values() if row.body) > 400
 
 
+def test_the_fast_readers_and_the_order_check_change_nothing(pulled, tmp_path, mapped, monkeypatch):
+    # Map reads staged orders and credit notes through msgspec mirrors and checks its own order
+    # dicts without building the model (khaos/staged.py, ometria.models.order_wire_ok). The whole
+    # planted sandbox, faults and all, mapped again through pydantic alone gives the same rows and
+    # the same findings, word for word.
+    import khaosync.mapping.orders as order_rules
+    import khaosync.stages.map as map_stage
+    from khaosync.khaos import staged
+
+    _, out, _ = mapped
+    taken = {"orders": 0, "notes": 0, "checked": 0}
+    real_order, real_note, real_check = staged.sales_order, staged.credit_note, order_rules.order_wire_ok
+
+    def counting(name, real):
+        def call(arg):
+            answer = real(arg)
+            taken[name] += bool(answer)
+            return answer
+        return call
+
+    (tmp_path / "fast").mkdir(), (tmp_path / "models").mkdir()
+    state = fresh_state(pulled, tmp_path / "fast")
+    monkeypatch.setattr(staged, "sales_order", counting("orders", real_order))
+    monkeypatch.setattr(staged, "credit_note", counting("notes", real_note))
+    monkeypatch.setattr(order_rules, "order_wire_ok", counting("checked", real_check))
+    run_map(state)
+    fast = Mapped(state)
+    monkeypatch.setattr(staged, "sales_order", lambda text: None)
+    monkeypatch.setattr(staged, "credit_note", lambda text: None)
+    monkeypatch.setattr(order_rules, "order_wire_ok", lambda wire: False)
+    state = fresh_state(pulled, tmp_path / "models")
+    run_map(state)
+    models = Mapped(state)
+
+    def rows(m):
+        return {k: (r.body, r.content_hash, r.state, r.hold_reason, r.lineage) for k, r in m.rows.items()}
+
+    def found(m):
+        return sorted((e.type, e.reason, tuple(e.records)) for e in m.all_exceptions)
+
+    assert rows(fast) == rows(models) and found(fast) == found(models)
+    assert rows(fast) == rows(out)
+    orders = sum(1 for (t, _), r in fast.rows.items() if t == "order" and r.state == "ready")
+    readable = sum(1 for (e, _), p in fast.staged.items() if e == "sales_order" and p is not None)
+    notes = sum(1 for (e, _), p in fast.staged.items() if e == "credit_note" and p is not None)
+    # Every canonical text the sandbox staged was read by its mirror; every sent order checked once.
+    assert taken["orders"] == readable > 300 and taken["notes"] >= notes > 10 and taken["checked"] >= orders > 100
+    assert map_stage.staged is staged
+
+
 def test_mapping_twice_is_byte_identical_and_writes_nothing(pulled, tmp_path):
     state = fresh_state(pulled, tmp_path)
     first = run_map(state)
