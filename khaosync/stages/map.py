@@ -9,9 +9,10 @@ mapped becomes an exception (stage ``map``) and the rest goes on; raw-only stage
 Memory stays bounded by the catalogue and the customer base, never by the number of orders:
 
 - stock items are held as small ``ProductRef`` tuples (a catalogue is thousands of items);
-- contacts and credit notes go into TEMP tables of this connection (``map_contact``,
-  ``map_credit``, on disk, indexed), filled by SQL from the staged JSON, and each order looks
-  its customer and its credit notes up by key;
+- contacts are in ``contact_index`` (on disk, kept in step with staging: a night re-reads only
+  the companies staged since its mark, ``store/contact_index.py``); credit notes are found by
+  their order through an index on the staged JSON (``staged_credit_order``); each batch of
+  orders looks its customers and credit notes up by key, a query a batch;
 - orders stream through the cursor; each batch prefetches the outbound rows it may replace.
 
 Mapping the same staged records twice gives byte-identical bodies and writes nothing the
@@ -50,7 +51,7 @@ from khaosync.mapping.products import ProductRef, map_stock_item
 from khaosync.mapping.schema import Mapping, load_mapping
 from khaosync.ometria import wire
 from khaosync.ometria.models import MarketingOptin
-from khaosync.store import StateStore, map_state, outbound, staging
+from khaosync.store import StateStore, contact_index, map_state, outbound, staging
 from khaosync.store.db import utcnow
 
 STAGE = "map"
@@ -212,29 +213,20 @@ class _MapRun:
             self._tick("products", done, total)
 
     # -- contacts --------------------------------------------------------------------------
-    def index_contacts(self) -> None:
-        """Every staged contact into TEMP ``map_contact``, then the shared-email decisions."""
+    def index_contacts(self, upto: int, incremental: bool) -> None:
+        """The contact index brought up to staging (whole, or the companies staged since its
+        mark), then the shared-email decisions."""
         c = self.conn
         c.create_function("khaosync_email_key", 1, email_key, deterministic=True)
-        c.execute("DROP TABLE IF EXISTS temp.map_contact")
-        c.execute("""CREATE TEMP TABLE map_contact (
-            contact_id INTEGER PRIMARY KEY, company_id INTEGER, company_version INTEGER, email TEXT, email_key TEXT,
-            firstname TEXT, lastname TEXT, inactive INTEGER, mailing_status INTEGER, email_subscribe INTEGER)""")
-        c.execute("""INSERT OR IGNORE INTO temp.map_contact
-            SELECT json_extract(ct.value, '$.contact_id'), CAST(s.key AS INTEGER), s.version,
-                   json_extract(ct.value, '$.email'), khaosync_email_key(json_extract(ct.value, '$.email')),
-                   json_extract(ct.value, '$.forename'), json_extract(ct.value, '$.surname'),
-                   coalesce(json_extract(ct.value, '$.inactive'), 0), json_extract(s.parsed, '$.mailing_status'),
-                   json_extract(ct.value, '$.email_subscribe')
-            FROM staged_record s, json_each(s.parsed, '$.contacts') ct
-            WHERE s.entity = 'company' AND s.current = 1 AND s.parsed IS NOT NULL
-            ORDER BY s.key""")
-        sent = "1=1" if self.mapping.contacts.inactive == "send" else "inactive = 0"
-        rows = c.execute(f"""SELECT email_key, contact_id, company_id, mailing_status, email_subscribe
-            FROM temp.map_contact WHERE {sent} AND email_key IN (
-                SELECT email_key FROM temp.map_contact WHERE email_key IS NOT NULL AND {sent}
-                GROUP BY email_key HAVING count(*) > 1)
-            ORDER BY email_key, contact_id""").fetchall()
+        mark = map_state.get_mark(c, "contact_index") if incremental else None
+        with self.store.transaction():
+            if mark is None or mark.mapping != contact_index.VERSION:
+                contact_index.rebuild(c)
+            else:
+                contact_index.refresh(c, [k for e, k in map_state.staged_since(c, mark.staged_run, upto)
+                                          if e == "company"])
+            map_state.set_mark(c, "contact_index", map_state.Mark(upto, contact_index.VERSION), self.run_id)
+        rows = contact_index.shared(c, inactive_sent=self.mapping.contacts.inactive == "send")
         if not rows:
             return
         last_orders: dict[tuple[int, int | None], str] = {}
@@ -244,8 +236,9 @@ class _MapRun:
             for company, contact, latest in c.execute(f"""
                     SELECT json_extract(parsed, '$.company_id'), json_extract(parsed, '$.contact_id'),
                            max(json_extract(parsed, '$.order_date'))
-                    FROM staged_record WHERE entity = 'sales_order' AND current = 1 AND parsed IS NOT NULL
-                      AND json_extract(parsed, '$.company_id') IN ({marks}) GROUP BY 1, 2""", companies):
+                    FROM staged_record INDEXED BY staged_order_company WHERE entity = 'sales_order'
+                      AND current = 1 AND json_extract(parsed, '$.company_id') IN ({marks}) GROUP BY 1, 2""",
+                    companies):  # the planner without statistics would walk every current order
                 if latest:
                     last_orders[(company, contact)] = latest
         company_last: dict[int, str] = {}
@@ -295,18 +288,11 @@ class _MapRun:
         self._tick("contacts", done, total)
 
     def customers_of(self, orders: list) -> tuple[dict[int, tuple], set[int]]:
-        """A batch's contacts (``temp.map_contact`` rows by contact id) and the ids of its
+        """A batch's contacts (``contact_index`` rows by contact id) and the ids of its
         companies that are readable staged records: two queries a batch, not two an order."""
-        contacts = sorted({o.contact_id for o in orders if o.contact_id is not None})
         companies = sorted({str(o.company_id) for o in orders if o.company_id is not None})
-        rows: dict[int, tuple] = {}
+        rows = contact_index.customers(self.conn, (o.contact_id for o in orders if o.contact_id is not None))
         known: set[int] = set()
-        for start in range(0, len(contacts), 500):
-            part = contacts[start:start + 500]
-            for row in self.conn.execute(
-                    "SELECT contact_id, company_id, company_version, email, email_key IS NOT NULL, firstname, lastname,"
-                    f" inactive FROM temp.map_contact WHERE contact_id IN ({','.join('?' * len(part))})", part):
-                rows[row[0]] = row[1:]
         for start in range(0, len(companies), 500):
             part = companies[start:start + 500]
             known.update(int(k) for (k,) in self.conn.execute(
@@ -330,21 +316,19 @@ class _MapRun:
     # -- orders ----------------------------------------------------------------------------
     def index_credit_notes(self, result: EntityResult) -> None:
         c = self.conn
-        c.execute("DROP TABLE IF EXISTS temp.map_credit")
-        c.execute("CREATE TEMP TABLE map_credit (sorder_id INTEGER, credit_key TEXT, version INTEGER, parsed TEXT)")
-        c.execute("""INSERT INTO temp.map_credit
-            SELECT json_extract(parsed, '$.sorder_id'), key, version, parsed FROM staged_record
-            WHERE entity = 'credit_note' AND current = 1 AND parsed IS NOT NULL""")
-        c.execute("CREATE INDEX temp.map_credit_order ON map_credit(sorder_id, credit_key)")
-        orphans = c.execute("""SELECT m.credit_key, m.sorder_id, json_extract(m.parsed, '$.credit_code'),
-                   json_extract(m.parsed, '$.total') FROM temp.map_credit m
-            WHERE m.sorder_id IS NULL OR NOT EXISTS (
+        # Every credit note whose order is not a readable staged order (one pass, in SQLite),
+        # and whether that order was placed before a `pull --since` window: not khaosync's,
+        # left out (counted).
+        orphans = c.execute("""SELECT m.key, json_extract(m.parsed, '$.sorder_id'), json_extract(m.parsed, '$.credit_code'),
+                   json_extract(m.parsed, '$.total'), EXISTS (SELECT 1 FROM order_outside_window w
+                       WHERE w.key = CAST(json_extract(m.parsed, '$.sorder_id') AS TEXT))
+            FROM staged_record m
+            WHERE m.entity = 'credit_note' AND m.current = 1 AND m.parsed IS NOT NULL
+              AND (json_extract(m.parsed, '$.sorder_id') IS NULL OR NOT EXISTS (
                 SELECT 1 FROM staged_record s WHERE s.entity = 'sales_order' AND s.current = 1
-                  AND s.parsed IS NOT NULL AND s.key = CAST(m.sorder_id AS TEXT))
-            ORDER BY m.credit_key""").fetchall()
-        # The order was placed before a `pull --since` window: not khaosync's, left out (counted).
-        outside = {k for (k,) in c.execute("SELECT key FROM order_outside_window")}
-        kept = [o for o in orphans if o[1] is None or str(o[1]) not in outside]
+                  AND s.parsed IS NOT NULL AND s.key = CAST(json_extract(m.parsed, '$.sorder_id') AS TEXT)))
+            ORDER BY m.key""").fetchall()
+        kept = [o[:4] for o in orphans if o[1] is None or not o[4]]
         result.outside_window = len(orphans) - len(kept)
         orphans = kept
         findings = [Finding(
@@ -363,8 +347,9 @@ class _MapRun:
         for start in range(0, len(ids), 500):
             part = ids[start:start + 500]
             for sorder_id, parsed, version in self.conn.execute(
-                    "SELECT sorder_id, parsed, version FROM temp.map_credit"
-                    f" WHERE sorder_id IN ({','.join('?' * len(part))}) ORDER BY sorder_id, credit_key", part):
+                    "SELECT json_extract(parsed, '$.sorder_id'), parsed, version FROM staged_record"
+                    " INDEXED BY staged_credit_order WHERE entity = 'credit_note' AND current = 1"
+                    f" AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))}) ORDER BY 1, key", part):
                 note = staged.credit_note(parsed) or CreditNote.model_validate_json(parsed)
                 notes.setdefault(sorder_id, []).append((note, version))
         return notes
@@ -465,12 +450,7 @@ class _MapRun:
         if name == "contacts":
             keys = {k for e, k in changed if e == "company"}
             if moved:
-                ids = sorted(moved)
-                for start in range(0, len(ids), 500):
-                    part = ids[start:start + 500]
-                    keys.update(str(r[0]) for r in self.conn.execute(
-                        f"SELECT company_id FROM temp.map_contact WHERE contact_id IN ({','.join('?' * len(part))})",
-                        part))
+                keys.update(str(company) for company in contact_index.companies_of(self.conn, moved))
             return keys
         reads = self.invalidated(changed) | {("contact", str(c)) for c in moved}
         return map_state.readers(self.conn, reads, "order") | {k for e, k in reads if e == "sales_order"}
@@ -490,7 +470,8 @@ class _MapRun:
         for start in range(0, len(numeric), 500):
             part = numeric[start:start + 500]
             scope.update(("credit_note", str(r[0])) for r in self.conn.execute(
-                f"SELECT credit_key FROM temp.map_credit WHERE sorder_id IN ({','.join('?' * len(part))})", part))
+                "SELECT key FROM staged_record INDEXED BY staged_credit_order WHERE entity = 'credit_note'"
+                f" AND current = 1 AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))})", part))
         return scope
 
     def resolve(self, name: str, scope: set[tuple[str, str]] | None) -> None:
@@ -512,10 +493,6 @@ class _MapRun:
             AND EXISTS (SELECT 1 FROM temp.map_scope s WHERE s.entity = exception.entity
                         AND s.key = exception.record_key)""", (utcnow(), STAGE, self.run_id, *entities, *types))
         c.execute("DROP TABLE temp.map_scope")
-
-    def close(self) -> None:
-        self.conn.execute("DROP TABLE IF EXISTS temp.map_contact")
-        self.conn.execute("DROP TABLE IF EXISTS temp.map_credit")
 
 
 def _current_of(conn, entity: str, keys: set[str]) -> Iterable[staging.StagedRecord]:
@@ -615,7 +592,7 @@ def map_records(store: StateStore, profile: Profile, *, entities: list[str] | No
         if "products" in names or "orders" in names:
             run.products(result.entities.get("products"), keys.get("products"))
         if "contacts" in names or "orders" in names:
-            run.index_contacts()
+            run.index_contacts(upto, incremental)
             decisions = run.shared_decisions()
         for name in ("contacts", "orders"):
             if name in since:
@@ -640,11 +617,9 @@ def map_records(store: StateStore, profile: Profile, *, entities: list[str] | No
             "SELECT count(*) FROM exception WHERE stage = ? AND severity = 'fail' AND resolved_at IS NULL"
             f" AND (last_run = ? OR entity IN ({','.join('?' * len(owned))}))", (STAGE, run_id, *owned)).fetchone()[0]
     except BaseException:
-        run.close()
         if own_run:
             store.finish_run(run_id, "failed", result.as_dict())
         raise
-    run.close()
     if own_run:
         store.finish_run(run_id, "ok", result.as_dict())
     return result

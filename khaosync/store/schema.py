@@ -335,6 +335,35 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX order_outside_window_ref ON order_outside_window(associated_ref);
         """,
     ),
+    (
+        "the contacts map looks customers up in; sales orders by customer and credit notes by order",
+        """
+        -- Every staged company's contacts, one row per (contact, company listing it), kept in
+        -- step with staging by map (store/contact_index.py): a night costs its changed companies.
+        CREATE TABLE contact_index (
+            contact_id      INTEGER NOT NULL,
+            company_key     TEXT NOT NULL,       -- the staged company's key (lowest key wins a contact)
+            company_id      INTEGER,
+            company_version INTEGER NOT NULL,
+            email           TEXT,
+            email_key       TEXT,                -- normalised email when Ometria accepts it, else NULL
+            firstname       TEXT,
+            lastname        TEXT,
+            inactive        INTEGER NOT NULL,
+            mailing_status  INTEGER,
+            email_subscribe INTEGER,
+            PRIMARY KEY (contact_id, company_key)
+        ) WITHOUT ROWID;
+        CREATE INDEX contact_index_email ON contact_index(email_key) WHERE email_key IS NOT NULL;
+        CREATE INDEX contact_index_company ON contact_index(company_key);
+        -- A shared email's survivor is the contact whose company ordered last: its orders by company.
+        CREATE INDEX staged_order_company ON staged_record(json_extract(parsed, '$.company_id'))
+            WHERE entity = 'sales_order' AND current = 1;
+        -- A sales order's credit notes, for the orders a night maps again.
+        CREATE INDEX staged_credit_order ON staged_record(json_extract(parsed, '$.sorder_id'))
+            WHERE entity = 'credit_note' AND current = 1;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

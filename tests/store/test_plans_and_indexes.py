@@ -10,7 +10,7 @@ from khaosync.config import sandbox_profile
 from khaosync.errors import KhaosyncError
 from khaosync.ometria import wire
 from khaosync.stages.push import push_plan
-from khaosync.store import StateStore, journal, map_state, open_store, outbound, plans, staging
+from khaosync.store import StateStore, contact_index, journal, map_state, open_store, outbound, plans, staging
 from khaosync.store import schema
 from khaosync.store.db import utcnow
 
@@ -151,6 +151,11 @@ def _lookups(conn: sqlite3.Connection, store: StateStore) -> None:
     map_state.get_mark(conn, "orders")
     map_state.shared_decisions(conn, "orders")
     staging.current_of(conn, "sales_order", ["1", "2"])
+    conn.create_function("khaosync_email_key", 1, lambda e: e, deterministic=True)
+    contact_index.refresh(conn, ["1", "2"])
+    contact_index.customers(conn, [7001, 7002])
+    contact_index.shared(conn, inactive_sent=False)
+    contact_index.shared(conn, inactive_sent=True)
 
 
 def test_every_hot_lookup_uses_an_index(tmp_path):
@@ -168,7 +173,8 @@ def test_every_hot_lookup_uses_an_index(tmp_path):
                 continue
             checked += 1
             details = [row[3] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql)]
-            scans += [f"{d}  <-  {sql}" for d in details if d.startswith("SCAN ")]
+            # json_each over one record's own array is a virtual table, not a scan of the store.
+            scans += [f"{d}  <-  {sql}" for d in details if d.startswith("SCAN ") and "VIRTUAL TABLE" not in d]
         assert checked >= 20
         assert scans == []
         ledger_plan = [r[3] for r in store.conn.execute(
