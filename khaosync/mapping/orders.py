@@ -58,11 +58,15 @@ class CustomerRef:
 
 
 class Catalogue:
-    """Stock items by stable id (all of them: thousands, not millions), for resolving lines."""
+    """Stock items by stable id, for resolving lines: added whole (a full map of products), or
+    read one by one as lines name them (``load``: a night that maps a few hundred orders reads
+    the items those orders hold, not the catalogue)."""
 
-    def __init__(self, by_code: Callable[[str], list[str]] | None = None):
-        self.items: dict[int, ProductRef] = {}
+    def __init__(self, by_code: Callable[[str], list[str]] | None = None,
+                 load: Callable[[int], ProductRef | None] | None = None):
+        self.items: dict[int, ProductRef | None] = {}
         self._by_code = by_code
+        self._load = load
         self._options: dict[int, list[dict] | None] = {}
 
     def add(self, ref: ProductRef) -> None:
@@ -76,14 +80,18 @@ class Catalogue:
         return self._options[ref.stock_id]
 
     def get(self, stock_id: int | None) -> ProductRef | None:
-        return None if stock_id is None else self.items.get(stock_id)
+        if stock_id is None:
+            return None
+        if stock_id not in self.items and self._load is not None:
+            self.items[stock_id] = self._load(stock_id)  # None too: asked once per run
+        return self.items.get(stock_id)
 
     def by_code(self, code: str) -> ProductRef | None:
         """A line without STOCK_ID: the stock item that ever carried this code (aliases included)."""
         if not code or self._by_code is None:
             return None
         keys = self._by_code(code)
-        return self.items.get(int(keys[0])) if len(keys) == 1 and keys[0].isdigit() else None
+        return self.get(int(keys[0])) if len(keys) == 1 and keys[0].isdigit() else None
 
 
 # -- despatch state ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -42,6 +43,7 @@ _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+
 _EMAIL_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
+@lru_cache(maxsize=1 << 16)  # a customer's email is checked again on each of their orders
 def is_ometria_email(text: str) -> bool:
     """An address Ometria accepts: one ``@``, an ASCII dot-atom local part, a dotted domain of
     valid labels ending in a letters-only TLD, RFC lengths. Stricter than KC's own check, on

@@ -142,7 +142,8 @@ class _MapRun:
         self.batch_size = batch_size
         self.progress = progress
         self.found: Counter = Counter()
-        self.catalogue = Catalogue(lambda code: staging.keys_by_alias(self.conn, "stock_item", "stock_code", code))
+        self.catalogue = Catalogue(lambda code: staging.keys_by_alias(self.conn, "stock_item", "stock_code", code),
+                                   self._stock_item)
         self.shared = SharedEmails()
         self.scope: dict[str, set[tuple[str, str]]] = {}  # incremental: (entity, key) looked at again, per CLI entity
 
@@ -181,18 +182,32 @@ class _MapRun:
             self.progress(name, done, total)
 
     # -- products --------------------------------------------------------------------------
+    def _stock_item(self, stock_id: int) -> ProductRef | None:
+        """One staged stock item as order lines see it (None: not staged, or unreadable)."""
+        row = self.conn.execute("SELECT version, parsed FROM staged_record WHERE entity = 'stock_item' AND key = ?"
+                                " AND current = 1", (str(stock_id),)).fetchone()
+        if row is None or row[1] is None:
+            return None
+        try:
+            return ProductRef.of(StockItem.model_validate_json(row[1]), row[0])
+        except ValidationError:
+            return None  # its own finding is the products map's
+
     def products(self, result: EntityResult | None, keys: set[str] | None = None) -> None:
-        """Index the catalogue (always: order lines resolve against it); map it if asked (only
-        ``keys``, when given: an incremental run)."""
-        total = staging.count_current(self.conn, "stock_item")
+        """Map the catalogue (only ``keys``, when given: an incremental run). Order lines read
+        stock items through the catalogue, which loads what it was not given."""
+        if result is None:
+            return  # orders alone: the catalogue reads the items their lines name
+        total = staging.count_current(self.conn, "stock_item") if keys is None else len(keys)
         outcomes: list[Outcome] = []
         findings: list[Finding] = []
         done = 0
-        for staged in staging.iter_current(self.conn, "stock_item"):
+        items = staging.iter_current(self.conn, "stock_item") if keys is None else _current_of(
+            self.conn, "stock_item", keys)
+        for staged in items:
             done += 1
             if staged.parsed is None:
-                if result is not None:
-                    result.skipped_raw += 1
+                result.skipped_raw += 1
                 continue
             try:
                 item = StockItem.model_validate(staged.parsed)
@@ -200,17 +215,14 @@ class _MapRun:
                 findings.append(_unreadable("stock_item", staged.key, exc))
                 continue
             self.catalogue.add(ProductRef.of(item, staged.version))
-            if result is None or keys is not None and staged.key not in keys:
-                continue
             result.staged += 1
             outcomes.append(map_stock_item(item, staged.version, self.mapping))
             if len(outcomes) >= self.batch_size:
                 self.write(outcomes, result, findings)
                 outcomes, findings = [], []
                 self._tick("products", done, total)
-        if result is not None:
-            self.write(outcomes, result, findings)
-            self._tick("products", done, total)
+        self.write(outcomes, result, findings)
+        self._tick("products", done, total)
 
     # -- contacts --------------------------------------------------------------------------
     def index_contacts(self, upto: int, incremental: bool) -> None:
@@ -589,8 +601,8 @@ def map_records(store: StateStore, profile: Profile, *, entities: list[str] | No
     try:
         if "products" in since:
             keys["products"] = run.dirty("products", since["products"], upto, {})
-        if "products" in names or "orders" in names:
-            run.products(result.entities.get("products"), keys.get("products"))
+        if "products" in names:
+            run.products(result.entities["products"], keys["products"])
         if "contacts" in names or "orders" in names:
             run.index_contacts(upto, incremental)
             decisions = run.shared_decisions()
