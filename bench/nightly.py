@@ -21,7 +21,7 @@ smallest's comes last.
     .venv/bin/python bench/nightly.py                              # 20,000, 200,000, 2,000,000 orders
     .venv/bin/python bench/nightly.py --sizes 20000 200000 --nights 3
 
-Prepared histories are cached under /tmp/khaosync-bench/ by size and seed.
+Prepared histories are cached under /tmp/khaosync-bench/ (or ``$KHAOSYNC_BENCH_DIR``) by size and seed.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -45,14 +46,14 @@ import map as map_bench  # noqa: E402  (bench/map.py: the synthesiser)
 from khaosync.config import sandbox_profile  # noqa: E402
 from khaosync.ometria.client import OmetriaClient  # noqa: E402
 from khaosync.sandbox.ometria_emulator import OmetriaEmulator  # noqa: E402
-from khaosync.stages.diff import diff_all  # noqa: E402
+from khaosync.stages.diff import diff_all, nightly_basis  # noqa: E402
 from khaosync.stages.map import map_records  # noqa: E402
 from khaosync.stages.push import push_plan  # noqa: E402
 from khaosync.stages.sync import _merge_plans  # noqa: E402
 from khaosync.store import open_store, staging  # noqa: E402
 from khaosync.store.db import utcnow  # noqa: E402
 
-FOLDER = Path("/tmp/khaosync-bench")
+FOLDER = Path(os.environ.get("KHAOSYNC_BENCH_DIR", "/tmp/khaosync-bench"))  # own folder: no clash
 KEY = "bench-key"
 CHANGED, NEW, CREDITS, CUSTOMERS = 110, 20, 6, 10
 
@@ -110,25 +111,30 @@ def _restage(conn, run_id: int, entity: str, key: str, parsed: dict, now: str) -
                   content_hash=hashlib.sha256(text.encode()).hexdigest(), run_id=run_id, seen_at=now)
 
 
-def the_days_change(store, night: int, seed: int) -> int:
-    """Stage one day's change: the same amount whatever the history. Returns records staged."""
+FIRST_ORDER = 2001  # bench/map.py's first sales order id; the history's ids follow on
+
+
+def the_days_change(store, night: int, seed: int, history_orders: int) -> int:
+    """Stage one day's change: the same amount whatever the history. Returns records staged.
+
+    The orders changed are drawn from the history's id range (each looked up by key), never by
+    listing every staged order: what stands in for pull must not grow with the history."""
     rng = Random(seed * 1000 + night)
     conn = store.conn
     run_id = store.start_run("bench-pull", "bench")
     now = utcnow()
-    orders = [k for (k,) in conn.execute(
-        "SELECT key FROM staged_record WHERE entity = 'sales_order' AND current = 1 AND parsed IS NOT NULL")]
-    top = max(int(k) for k in orders)
+    orders = [str(k) for k in rng.sample(range(FIRST_ORDER, FIRST_ORDER + history_orders), CHANGED + NEW)]
+    top = FIRST_ORDER + history_orders - 1 + NEW * (night - 1)  # the nights before each added NEW orders
     touched = 0
     with store.transaction():
-        for key in rng.sample(orders, CHANGED):
+        for key in orders[:CHANGED]:
             parsed = staging.current(conn, "sales_order", key).parsed
             parsed["associated_ref"] = f"WEB-{key}-n{night}"  # a changed web reference: a changed body
             parsed["last_updated"] = now
             _restage(conn, run_id, "sales_order", key, parsed, now)
             touched += 1
         for n in range(NEW):
-            template = staging.current(conn, "sales_order", rng.choice(orders)).parsed
+            template = staging.current(conn, "sales_order", orders[CHANGED + n]).parsed
             new_id = top + 1 + n
             template.update(sorder_id=new_id, sorder_code=f"SO{new_id:07d}", associated_ref=f"WEB-{new_id}")
             template["lines"] = [dict(line, sorder_item_id=new_id * 10 + i) for i, line in enumerate(template["lines"])]
@@ -185,14 +191,15 @@ def worker(state: Path, orders: int, nights: int, seed: int) -> list[dict]:
         times: dict[str, float] = {}
         with open_store(work) as store:
             started = time.perf_counter()
-            staged = the_days_change(store, night, seed)
+            staged = the_days_change(store, night, seed, orders)
             times["stage change"] = time.perf_counter() - started
             run = store.start_run("sync", profile.name)
             started = time.perf_counter()
+            basis = nightly_basis(store.conn, run, ("products", "contacts", "orders"))  # as sync does
             mapped = map_records(store, profile, run_id=run, incremental=True)  # as sync maps
             times["map"] = time.perf_counter() - started
             started = time.perf_counter()
-            diffs = diff_all(store, profile, run_id=run)
+            diffs = diff_all(store, profile, run_id=run, changed=mapped.looked_at, basis=basis)
             times["diff"] = time.perf_counter() - started
             started = time.perf_counter()
             plan_id = _merge_plans(store, run, diffs)
@@ -209,6 +216,7 @@ def worker(state: Path, orders: int, nights: int, seed: int) -> list[dict]:
             "night": night, "staged": staged, "seconds": {k: round(v, 2) for k, v in times.items()},
             "total": round(sum(times.values()), 2), "sent": sum(sent.values()),
             "written": sum(r.mapped for r in mapped.entities.values()),
+            "compared": {d.type: d.compared for d in diffs},
             "state_bytes_per_order": round(size / orders), "peak_rss_mb": round(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "largest": {t: round(b / orders) for t, b in sorted(tables.items(), key=lambda kv: -kv[1])[:5]},

@@ -65,6 +65,15 @@ def shared_emails(ctx: DetectorContext) -> Iterator[Finding]:
                                                 for _, company, contact in holders]})
 
 
+def shared_emails_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) -> Iterator[Finding] | None:
+    """Sync: the whole check when a company was staged since the last sync (their emails are its
+    only input), else nothing moved and every finding stays open."""
+    companies = changed.get("company")
+    if companies is not None and not companies:
+        return None
+    return shared_emails(ctx)
+
+
 def ometria_email_elsewhere(ctx: DetectorContext) -> Iterator[Finding]:
     assert ctx.live is not None
     collection = ctx.collection
@@ -96,7 +105,7 @@ def _summary(doc: dict) -> str:
 CHECKS = [
     Check("identifier_conflicts.shared_email", TYPE, "contact",
           "one email (trimmed, lower-cased) on more than one KC contact or company web login", shared_emails,
-          scope=frozenset({"contact"})),
+          scope=frozenset({"contact"}), nightly=shared_emails_nightly),
     Check("identifier_conflicts.ometria_email_elsewhere", TYPE, "ometria_contact",
           "an email we send that Ometria holds on another contact id (--live)", ometria_email_elsewhere,
           mode="live", scope=frozenset({"contact"})),
