@@ -10,7 +10,8 @@ each night:
 1. stages the same day's change, as pull would have staged it (pull is timed by ``bench/pull.py``;
    its work already follows the change): 110 orders with a new status, 20 new orders, 6 credit
    notes, 10 customers with a changed name;
-2. runs sync's stages on it, each timed: map, diff (its detectors included), the merged plan, and
+2. runs sync's stages on it, each timed: map, diff (its detectors included; from the second night
+   it builds on the night before, as sync does: ``nightly_basis``), the merged plan, and
    push ``--commit`` to the in-process Ometria emulator at the sandbox rates (8 pushes/s, 4
    reads/s) with the default read-back sample.
 
@@ -20,6 +21,7 @@ smallest's comes last.
 
     .venv/bin/python bench/nightly.py                              # 20,000, 200,000, 2,000,000 orders
     .venv/bin/python bench/nightly.py --sizes 20000 200000 --nights 3
+    .venv/bin/python bench/nightly.py --sizes 2000000 --nights 2 --in-place     # no 22 GB copy
 
 Prepared histories are cached under /tmp/khaosync-bench/ (or ``$KHAOSYNC_BENCH_DIR``) by size and seed.
 """
@@ -170,13 +172,14 @@ def _table_bytes(conn) -> dict[str, int]:
     return sizes
 
 
-def worker(state: Path, orders: int, nights: int, seed: int) -> list[dict]:
-    work = state.with_name(state.stem + "-work.db")
+def worker(state: Path, orders: int, nights: int, seed: int, in_place: bool = False) -> list[dict]:
+    work = state if in_place else state.with_name(state.stem + "-work.db")
     emulated = state.with_name(state.stem + "-ometria.db")
-    for path in (work, emulated):
+    for path in (emulated,) if in_place else (work, emulated):
         for suffix in ("", "-wal", "-shm", ".lock"):
             Path(str(path) + suffix).unlink(missing_ok=True)
-    shutil.copyfile(state, work)
+    if not in_place:
+        shutil.copyfile(state, work)
     profile = sandbox_profile(state=str(work))
     import httpx
 
@@ -186,8 +189,10 @@ def worker(state: Path, orders: int, nights: int, seed: int) -> list[dict]:
     with open_store(work, write=False) as store:  # Ometria holds the catalogue the history pushed
         for (body,) in store.conn.execute("SELECT body FROM ledger WHERE type = 'product'"):
             emulator.seed_record("product", json.loads(body))
+    with open_store(work, write=False) as store:  # in place: the nights go on from those already run
+        before = store.conn.execute("SELECT count(*) FROM run WHERE command = 'bench-pull'").fetchone()[0]
     figures = []
-    for night in range(1, nights + 1):
+    for night in range(before + 1, before + nights + 1):
         times: dict[str, float] = {}
         with open_store(work) as store:
             started = time.perf_counter()
@@ -222,16 +227,17 @@ def worker(state: Path, orders: int, nights: int, seed: int) -> list[dict]:
             "largest": {t: round(b / orders) for t, b in sorted(tables.items(), key=lambda kv: -kv[1])[:5]},
         })
     emulator.close()
-    for path in (work, emulated):
+    for path in (emulated,) if in_place else (work, emulated):
         for suffix in ("", "-wal", "-shm", ".lock"):
             Path(str(path) + suffix).unlink(missing_ok=True)
     return figures
 
 
-def measure(orders: int, nights: int, seed: int) -> list[dict]:
+def measure(orders: int, nights: int, seed: int, in_place: bool = False) -> list[dict]:
     state = history(orders, seed)
     out = subprocess.run([sys.executable, __file__, "--worker", str(state), "--orders", str(orders), "--nights",
-                          str(nights), "--seed", str(seed)], check=True, capture_output=True, text=True)
+                          str(nights), "--seed", str(seed)] + (["--in-place"] if in_place else []),
+                         check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
 
@@ -240,22 +246,28 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000, 2_000_000])
     parser.add_argument("--nights", type=int, default=1)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--in-place", action="store_true",
+                        help="run the nights on the prepared history itself, not a copy (a 2M history is 22 GB); "
+                             "later runs go on from the nights already run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--orders", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(Path(args.worker), args.orders, args.nights, args.seed)))
+        print(json.dumps(worker(Path(args.worker), args.orders, args.nights, args.seed, args.in_place)))
         return
     stages = ("stage change", "map", "diff", "plan", "push+verify")
     print(f"{'orders':>10} {'night':>5} " + " ".join(f"{s:>12}" for s in stages)
-          + f" {'total s':>8} {'sent':>5} {'RSS MB':>7} {'state B/order':>13}  largest tables (B/order)")
+          + f" {'total s':>8} {'sent':>5} {'RSS MB':>7} {'state B/order':>13}  records diff compared; "
+          "largest tables (B/order)")
     totals: dict[int, float] = {}
     for orders in args.sizes:
-        for f in measure(orders, args.nights, args.seed):
+        for f in measure(orders, args.nights, args.seed, args.in_place):
             totals[orders] = f["total"]
             largest = ", ".join(f"{t} {b:,}" for t, b in f["largest"].items())
+            compared = " ".join(f"{t[0]}{n}" if n is not None else f"{t[0]}:all" for t, n in f["compared"].items())
             print(f"{orders:>10,} {f['night']:>5} " + " ".join(f"{f['seconds'][s]:>12}" for s in stages)
-                  + f" {f['total']:>8} {f['sent']:>5} {f['peak_rss_mb']:>7} {f['state_bytes_per_order']:>13,}  {largest}",
+                  + f" {f['total']:>8} {f['sent']:>5} {f['peak_rss_mb']:>7} {f['state_bytes_per_order']:>13,}  "
+                  f"compared {compared}; {largest}",
                   flush=True)
     small, large = min(totals), max(totals)
     if small != large:

@@ -88,10 +88,20 @@ class Check:
     # The same question over some records of ``entity`` only (``changed`` in run_detectors):
     # its findings about other records are carried forward, not closed.
     scoped: Callable[["DetectorContext", set[str]], Iterable[Finding]] | None = None
-    # The whole question answered from what changed (``changed`` in run_detectors) and what an
-    # incremental map keeps (``map_read``), instead of a scan of the history: every finding, and
-    # the check closes whole; or None when nothing it reads changed (every finding carried).
-    nightly: Callable[["DetectorContext", dict[str, set[str]]], Iterable[Finding] | None] | None = None
+    # The question answered from what changed (``changed`` in run_detectors) and what an
+    # incremental map keeps (``map_read``), instead of a scan of the history: every finding (the
+    # check closes whole), ``Narrowed`` (it closes only those keys), or None when nothing it
+    # reads changed (every finding carried).
+    nightly: Callable[["DetectorContext", dict[str, set[str]]], "Iterable[Finding] | Narrowed | None"] | None = None
+
+
+@dataclass
+class Narrowed:
+    """A nightly answer about some records only: its findings, and the keys (of the check's
+    entity) whose findings it closes when unseen; the others are carried forward."""
+
+    findings: list[Finding]
+    keys: set[str]
 
 
 @dataclass
@@ -205,7 +215,10 @@ def run_detectors(store: StateStore, profile: Profile, *, live_client: Any = Non
                 narrowed[(check.type, check.entity)] = keys
                 answer: Iterable[Finding] | None = check.scoped(ctx, keys)  # type: ignore[misc]
             elif changed is not None and check.nightly is not None:
-                answer = check.nightly(ctx, changed)
+                answer = check.nightly(ctx, changed)  # type: ignore[assignment]
+                if isinstance(answer, Narrowed):
+                    narrowed[(check.type, check.entity)] = answer.keys
+                    answer = answer.findings
             else:
                 answer = check.run(ctx)
             if answer is None:
@@ -301,5 +314,5 @@ def ref(kind: str, key: object) -> str:
     return f"{kind}:{key}"
 
 
-__all__ = ["Check", "DetectorContext", "Finding", "STALL_AFTER", "load_mapping_for", "ref", "registry",
+__all__ = ["Check", "DetectorContext", "Finding", "Narrowed", "STALL_AFTER", "load_mapping_for", "ref", "registry",
            "run_detectors", "selected_checks"]

@@ -15,10 +15,11 @@ share an identifier and does it silently: the second contact's email just never 
 from __future__ import annotations
 
 import json
+import re
 from itertools import groupby
 from typing import Iterator
 
-from khaosync.detectors import Check, DetectorContext, Finding, ref
+from khaosync.detectors import Check, DetectorContext, Finding, Narrowed, ref
 from khaosync.detectors.scratch import fill
 
 TYPE = "identifier_conflict"
@@ -47,10 +48,14 @@ ORDER BY email, CAST(company AS INTEGER), company, CAST(contact AS INTEGER)
 """
 
 
-def shared_emails(ctx: DetectorContext) -> Iterator[Finding]:
-    rows = ctx.conn.execute(_HOLDERS)
+def shared_emails(ctx: DetectorContext, rows=None, emails: set[str] | None = None) -> Iterator[Finding]:
+    """Every shared email; with ``rows`` (holders of some companies) and ``emails``, those of
+    ``emails`` only (the rows hold every holder of those)."""
+    rows = ctx.conn.execute(_HOLDERS) if rows is None else rows
     for email, group in groupby(rows, key=lambda r: r[0]):
         holders = list(group)
+        if emails is not None and email not in emails:
+            continue  # some of its holders may be among the companies not read
         records = tuple(ref("contact", contact) if contact is not None else ref("company", company)
                         for _, company, contact in holders)
         who = ", ".join(f"contact {contact} (company {company})" if contact is not None
@@ -65,13 +70,62 @@ def shared_emails(ctx: DetectorContext) -> Iterator[Finding]:
                                                 for _, company, contact in holders]})
 
 
-def shared_emails_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) -> Iterator[Finding] | None:
-    """Sync: the whole check when a company was staged since the last sync (their emails are its
-    only input), else nothing moved and every finding stays open."""
+_NEEDLE = re.compile(r"[a-z0-9.@_+-]{3,}")
+_AT_MOST = 200  # more emails than this changed: one whole pass is cheaper than the searches
+
+
+def _emails_of(doc: dict) -> set[str]:
+    found = {str(c.get("email") or "").strip().lower() for c in doc.get("contacts") or [] if isinstance(c, dict)}
+    found.add(str(doc.get("web_user") or "").strip().lower())
+    return {e for e in found if e}
+
+
+def shared_emails_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) -> Iterator[Finding] | Narrowed | None:
+    """Sync: only the emails a company staged since the last sync holds or held can have become
+    (or stopped being) shared. Their holders are found by a substring search of the staged
+    companies (a plain-ASCII part of each email, case-folded: a superset), and the groups of
+    those emails only are answered; their old findings close when unseen, the rest are carried.
+    The whole check when contacts were mapped whole, or too much changed to search."""
     companies = changed.get("company")
-    if companies is not None and not companies:
+    if companies is None:
+        return shared_emails(ctx)
+    if not companies:
         return None
-    return shared_emails(ctx)
+    conn = ctx.conn
+    emails: set[str] = set()
+    for key in sorted(companies):
+        for (text,) in conn.execute("SELECT parsed FROM staged_record WHERE entity = 'company' AND key = ? "
+                                    "AND parsed IS NOT NULL", (key,)):
+            doc = json.loads(text)
+            if isinstance(doc, dict):
+                emails |= _emails_of(doc)
+    if not emails:
+        return Narrowed([], set())
+    needles = {max(_NEEDLE.findall(e), key=len, default="") for e in emails}
+    if len(emails) > _AT_MOST or any(not n for n in needles):
+        return shared_emails(ctx)
+    closes: set[str] = set()
+    for key, detail in conn.execute("SELECT record_key, detail FROM exception WHERE resolved_at IS NULL "
+                                    "AND type = ? AND entity = 'contact'", (TYPE,)):
+        if (json.loads(detail or "{}") or {}).get("email") in emails:
+            if key is None:
+                return shared_emails(ctx)  # a finding only a whole pass can close
+            closes.add(key)
+    ordered = sorted(needles)
+    holders = set(companies)
+    for start in range(0, len(ordered), 50):
+        part = ordered[start:start + 50]
+        holders.update(k for (k,) in conn.execute(
+            "SELECT key FROM staged_record WHERE entity = 'company' AND current = 1 AND parsed IS NOT NULL AND ("
+            + " OR ".join("instr(lower(parsed), ?) > 0" for _ in part) + ")", part))
+    fill(conn, "det_holder_company", ("key",), ((k,) for k in sorted(holders)), index="key")
+    only = "AND s.key IN (SELECT key FROM temp.det_holder_company)"
+    rows = conn.execute(_HOLDERS.replace("WHERE s.entity = 'company' AND s.current = 1 AND s.parsed IS NOT NULL",
+                                         "WHERE s.entity = 'company' AND s.current = 1 AND s.parsed IS NOT NULL "
+                                         + only)).fetchall()
+    conn.execute("DROP TABLE temp.det_holder_company")
+    found = list(shared_emails(ctx, rows, emails))
+    return Narrowed(found, closes | {f.key for f in found if f.key is not None})
 
 
 def ometria_email_elsewhere(ctx: DetectorContext) -> Iterator[Finding]:
