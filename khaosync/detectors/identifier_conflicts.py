@@ -70,22 +70,45 @@ def shared_emails(ctx: DetectorContext, rows=None, emails: set[str] | None = Non
                                                 for _, company, contact in holders]})
 
 
-_NEEDLE = re.compile(r"[a-z0-9.@_+-]{3,}")
-_AT_MOST = 200  # more emails than this changed: one whole pass is cheaper than the searches
+_AT_MOST = 500  # more emails than this changed: one whole pass is as cheap as the search
+_EMAILS_OF = """
+    SELECT lower(trim(json_extract(c.value, '$.email'))) FROM staged_record s, json_each(s.parsed, '$.contacts') c
+    WHERE s.entity = 'company' AND s.key = ? AND s.parsed IS NOT NULL
+    UNION SELECT lower(trim(json_extract(s.parsed, '$.web_user'))) FROM staged_record s
+    WHERE s.entity = 'company' AND s.key = ? AND s.parsed IS NOT NULL"""
+# The string values of every "email" and "web_user" key of a staged company's JSON.
+_EMAIL_VALUES = re.compile(r'"(?:email|web_user)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
-def _emails_of(doc: dict) -> set[str]:
-    found = {str(c.get("email") or "").strip().lower() for c in doc.get("contacts") or [] if isinstance(c, dict)}
-    found.add(str(doc.get("web_user") or "").strip().lower())
-    return {e for e in found if e}
+def _loose(email: str) -> str:
+    """Looser than SQL's lower(trim()): two emails equal there are equal here."""
+    return email.strip().casefold()
+
+
+def _mentions(wanted: set[str]):
+    """Whether a company's JSON text carries one of ``wanted`` (``_loose``) as an email or web
+    login: a superset of the companies the SQL finds holding them, at a regex pass per row."""
+    def mentions(text: str | None) -> bool:
+        if text is None:
+            return False
+        for value in _EMAIL_VALUES.findall(text):
+            if "\\" in value:  # an escape: read it as JSON does
+                try:
+                    value = json.loads(f'"{value}"')
+                except ValueError:
+                    return True  # unreadable here: let the SQL read it
+            if _loose(value) in wanted:
+                return True
+        return False
+    return mentions
 
 
 def shared_emails_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) -> Iterator[Finding] | Narrowed | None:
-    """Sync: only the emails a company staged since the last sync holds or held can have become
-    (or stopped being) shared. Their holders are found by a substring search of the staged
-    companies (a plain-ASCII part of each email, case-folded: a superset), and the groups of
-    those emails only are answered; their old findings close when unseen, the rest are carried.
-    The whole check when contacts were mapped whole, or too much changed to search."""
+    """Sync: only the emails a company staged since the last sync holds or held (any version)
+    can have become, or stopped being, shared. Their holders are found by one regex pass over
+    the staged companies' text (no JSON walk, no grouping; still a read of every company: no
+    email index is kept), and only those emails' groups are answered; their old findings close when unseen, the rest are
+    carried. The whole check when contacts were mapped whole, or too much changed."""
     companies = changed.get("company")
     if companies is None:
         return shared_emails(ctx)
@@ -94,15 +117,10 @@ def shared_emails_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) ->
     conn = ctx.conn
     emails: set[str] = set()
     for key in sorted(companies):
-        for (text,) in conn.execute("SELECT parsed FROM staged_record WHERE entity = 'company' AND key = ? "
-                                    "AND parsed IS NOT NULL", (key,)):
-            doc = json.loads(text)
-            if isinstance(doc, dict):
-                emails |= _emails_of(doc)
+        emails.update(e for (e,) in conn.execute(_EMAILS_OF, (key, key)) if e)
     if not emails:
         return Narrowed([], set())
-    needles = {max(_NEEDLE.findall(e), key=len, default="") for e in emails}
-    if len(emails) > _AT_MOST or any(not n for n in needles):
+    if len(emails) > _AT_MOST:
         return shared_emails(ctx)
     closes: set[str] = set()
     for key, detail in conn.execute("SELECT record_key, detail FROM exception WHERE resolved_at IS NULL "
@@ -111,13 +129,10 @@ def shared_emails_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) ->
             if key is None:
                 return shared_emails(ctx)  # a finding only a whole pass can close
             closes.add(key)
-    ordered = sorted(needles)
-    holders = set(companies)
-    for start in range(0, len(ordered), 50):
-        part = ordered[start:start + 50]
-        holders.update(k for (k,) in conn.execute(
-            "SELECT key FROM staged_record WHERE entity = 'company' AND current = 1 AND parsed IS NOT NULL AND ("
-            + " OR ".join("instr(lower(parsed), ?) > 0" for _ in part) + ")", part))
+    conn.create_function("khaosync_mentions", 1, _mentions({_loose(e) for e in emails}), deterministic=True)
+    holders = set(companies) | {k for (k,) in conn.execute(
+        "SELECT key FROM staged_record WHERE entity = 'company' AND current = 1 AND parsed IS NOT NULL "
+        "AND khaosync_mentions(parsed)")}
     fill(conn, "det_holder_company", ("key",), ((k,) for k in sorted(holders)), index="key")
     only = "AND s.key IN (SELECT key FROM temp.det_holder_company)"
     rows = conn.execute(_HOLDERS.replace("WHERE s.entity = 'company' AND s.current = 1 AND s.parsed IS NOT NULL",
