@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import map as map_bench  # noqa: E402  (bench/map.py: the synthesiser)
 
 from khaosync.config import sandbox_profile  # noqa: E402
+from khaosync.detectors import load_mapping_for  # noqa: E402
 from khaosync.ometria.client import OmetriaClient  # noqa: E402
 from khaosync.sandbox.ometria_emulator import OmetriaEmulator  # noqa: E402
 from khaosync.stages.diff import diff_all, nightly_basis  # noqa: E402
@@ -201,10 +202,11 @@ def worker(state: Path, orders: int, nights: int, seed: int, in_place: bool = Fa
             run = store.start_run("sync", profile.name)
             started = time.perf_counter()
             basis = nightly_basis(store.conn, run, ("products", "contacts", "orders"))  # as sync does
-            mapped = map_records(store, profile, run_id=run, incremental=True)  # as sync maps
+            mapping = load_mapping_for(profile)
+            mapped = map_records(store, profile, run_id=run, incremental=True, mapping=mapping)  # as sync maps
             times["map"] = time.perf_counter() - started
             started = time.perf_counter()
-            diffs = diff_all(store, profile, run_id=run, changed=mapped.looked_at, basis=basis)
+            diffs = diff_all(store, profile, run_id=run, changed=mapped.looked_at, basis=basis, mapping=mapping)
             times["diff"] = time.perf_counter() - started
             started = time.perf_counter()
             plan_id = _merge_plans(store, run, diffs)

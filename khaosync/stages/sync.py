@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from khaosync.config import Profile
+from khaosync.detectors import load_mapping_for
 from khaosync.stages.diff import DiffResult, diff_all, nightly_basis
 from khaosync.stages.map import MapResult, map_records
 from khaosync.stages.pull import PullResult, Source, pull
@@ -152,9 +153,11 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
                 full.add("contacts")  # what a contact is sent depends on Ometria's side now
         # Before map moves the marks: may this run's diff build on the last sync's?
         basis = nightly_basis(store.conn, run_id, chosen)
+        mapping = load_mapping_for(profile)  # read once for map, diff and the detectors
         mapped = map_records(store, profile, entities=chosen, progress=_named(progress, "map"), run_id=run_id,
-                             incremental=True, full=full)
-        diffs = diff_all(store, profile, chosen, run_id=run_id, changed=mapped.looked_at, basis=basis)
+                             incremental=True, full=full, mapping=mapping)
+        diffs = diff_all(store, profile, chosen, run_id=run_id, changed=mapped.looked_at, basis=basis,
+                         mapping=mapping)
         plan_id = _merge_plans(store, run_id, diffs)
         pushed = push_plan(store, profile, client if commit else None, plan_id, commit=commit, verify=verify,
                            progress=_named(progress, "push"))
