@@ -194,9 +194,11 @@ class DiffResult:
     def entity(self) -> str:
         return {v: k for k, v in ENTITIES.items()}[self.type]
 
+    carried_fail: int = 0  # a nightly diff: fail findings of its checks left open, not looked at again
+
     @property
     def fail_findings(self) -> int:
-        return sum(1 for f in self.findings if f.severity == "fail")
+        return sum(1 for f in self.findings if f.severity == "fail") + self.carried_fail
 
     def as_dict(self) -> dict:
         """The machine contract (docs/diff.md): ``plan``, ``counts``, ``records`` and more."""
@@ -669,4 +671,13 @@ def diff_all(store: StateStore, profile: Profile, entities: Iterable[str] = ("pr
                for e, t in zip(entities, types)]
     for result in results:
         result.findings = [f for f in findings if result.type in scopes.get(f.check or "", frozenset())]
+    if scope is not None:
+        # What a nightly pass did not look at again is still open: counted, as a whole pass would.
+        seen = {f.exception_id for f in findings}
+        carried = [(t, e) for i, t, e in store.conn.execute(
+            "SELECT id, type, entity FROM exception WHERE resolved_at IS NULL AND severity = 'fail' "
+            "AND stage IN ('diff', 'health') AND last_run < ?", (kwargs["run_id"],)) if i not in seen]
+        for result in results:
+            parts = {(c.type, c.entity) for c in selected_checks(live=False, scope={result.type})}
+            result.carried_fail = sum(1 for part in carried if part in parts)
     return results
