@@ -10,7 +10,8 @@ each night:
 1. stages the same day's change, as pull would have staged it (pull is timed by ``bench/pull.py``;
    its work already follows the change): 110 orders with a new status, 20 new orders, 6 credit
    notes, 10 customers with a changed name;
-2. runs sync's stages on it, each timed: map, diff (its detectors included), the merged plan, and
+2. runs sync's stages on it, each timed: map, diff (its detectors included; from the second night
+   it builds on the night before, as sync does: ``nightly_basis``), the merged plan, and
    push ``--commit`` to the in-process Ometria emulator at the sandbox rates (8 pushes/s, 4
    reads/s) with the default read-back sample.
 
@@ -20,8 +21,9 @@ smallest's comes last.
 
     .venv/bin/python bench/nightly.py                              # 20,000, 200,000, 2,000,000 orders
     .venv/bin/python bench/nightly.py --sizes 20000 200000 --nights 3
+    .venv/bin/python bench/nightly.py --sizes 2000000 --nights 2 --in-place     # no 22 GB copy
 
-Prepared histories are cached under /tmp/khaosync-bench/ by size and seed.
+Prepared histories are cached under /tmp/khaosync-bench/ (or ``$KHAOSYNC_BENCH_DIR``) by size and seed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -43,16 +46,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import map as map_bench  # noqa: E402  (bench/map.py: the synthesiser)
 
 from khaosync.config import sandbox_profile  # noqa: E402
+from khaosync.detectors import load_mapping_for  # noqa: E402
 from khaosync.ometria.client import OmetriaClient  # noqa: E402
 from khaosync.sandbox.ometria_emulator import OmetriaEmulator  # noqa: E402
-from khaosync.stages.diff import diff_all  # noqa: E402
+from khaosync.stages.diff import diff_all, nightly_basis  # noqa: E402
 from khaosync.stages.map import map_records  # noqa: E402
 from khaosync.stages.push import push_plan  # noqa: E402
 from khaosync.stages.sync import _merge_plans  # noqa: E402
 from khaosync.store import open_store, staging  # noqa: E402
 from khaosync.store.db import utcnow  # noqa: E402
 
-FOLDER = Path("/tmp/khaosync-bench")
+FOLDER = Path(os.environ.get("KHAOSYNC_BENCH_DIR", "/tmp/khaosync-bench"))  # own folder: no clash
 KEY = "bench-key"
 CHANGED, NEW, CREDITS, CUSTOMERS = 110, 20, 6, 10
 
@@ -110,25 +114,30 @@ def _restage(conn, run_id: int, entity: str, key: str, parsed: dict, now: str) -
                   content_hash=hashlib.sha256(text.encode()).hexdigest(), run_id=run_id, seen_at=now)
 
 
-def the_days_change(store, night: int, seed: int) -> int:
-    """Stage one day's change: the same amount whatever the history. Returns records staged."""
+FIRST_ORDER = 2001  # bench/map.py's first sales order id; the history's ids follow on
+
+
+def the_days_change(store, night: int, seed: int, history_orders: int) -> int:
+    """Stage one day's change: the same amount whatever the history. Returns records staged.
+
+    The orders changed are drawn from the history's id range (each looked up by key), never by
+    listing every staged order: what stands in for pull must not grow with the history."""
     rng = Random(seed * 1000 + night)
     conn = store.conn
     run_id = store.start_run("bench-pull", "bench")
     now = utcnow()
-    orders = [k for (k,) in conn.execute(
-        "SELECT key FROM staged_record WHERE entity = 'sales_order' AND current = 1 AND parsed IS NOT NULL")]
-    top = max(int(k) for k in orders)
+    orders = [str(k) for k in rng.sample(range(FIRST_ORDER, FIRST_ORDER + history_orders), CHANGED + NEW)]
+    top = FIRST_ORDER + history_orders - 1 + NEW * (night - 1)  # the nights before each added NEW orders
     touched = 0
     with store.transaction():
-        for key in rng.sample(orders, CHANGED):
+        for key in orders[:CHANGED]:
             parsed = staging.current(conn, "sales_order", key).parsed
             parsed["associated_ref"] = f"WEB-{key}-n{night}"  # a changed web reference: a changed body
             parsed["last_updated"] = now
             _restage(conn, run_id, "sales_order", key, parsed, now)
             touched += 1
         for n in range(NEW):
-            template = staging.current(conn, "sales_order", rng.choice(orders)).parsed
+            template = staging.current(conn, "sales_order", orders[CHANGED + n]).parsed
             new_id = top + 1 + n
             template.update(sorder_id=new_id, sorder_code=f"SO{new_id:07d}", associated_ref=f"WEB-{new_id}")
             template["lines"] = [dict(line, sorder_item_id=new_id * 10 + i) for i, line in enumerate(template["lines"])]
@@ -164,13 +173,14 @@ def _table_bytes(conn) -> dict[str, int]:
     return sizes
 
 
-def worker(state: Path, orders: int, nights: int, seed: int) -> list[dict]:
-    work = state.with_name(state.stem + "-work.db")
+def worker(state: Path, orders: int, nights: int, seed: int, in_place: bool = False) -> list[dict]:
+    work = state if in_place else state.with_name(state.stem + "-work.db")
     emulated = state.with_name(state.stem + "-ometria.db")
-    for path in (work, emulated):
+    for path in (emulated,) if in_place else (work, emulated):
         for suffix in ("", "-wal", "-shm", ".lock"):
             Path(str(path) + suffix).unlink(missing_ok=True)
-    shutil.copyfile(state, work)
+    if not in_place:
+        shutil.copyfile(state, work)
     profile = sandbox_profile(state=str(work))
     import httpx
 
@@ -180,19 +190,23 @@ def worker(state: Path, orders: int, nights: int, seed: int) -> list[dict]:
     with open_store(work, write=False) as store:  # Ometria holds the catalogue the history pushed
         for (body,) in store.conn.execute("SELECT body FROM ledger WHERE type = 'product'"):
             emulator.seed_record("product", json.loads(body))
+    with open_store(work, write=False) as store:  # in place: the nights go on from those already run
+        before = store.conn.execute("SELECT count(*) FROM run WHERE command = 'bench-pull'").fetchone()[0]
     figures = []
-    for night in range(1, nights + 1):
+    for night in range(before + 1, before + nights + 1):
         times: dict[str, float] = {}
         with open_store(work) as store:
             started = time.perf_counter()
-            staged = the_days_change(store, night, seed)
+            staged = the_days_change(store, night, seed, orders)
             times["stage change"] = time.perf_counter() - started
             run = store.start_run("sync", profile.name)
             started = time.perf_counter()
-            mapped = map_records(store, profile, run_id=run, incremental=True)  # as sync maps
+            basis = nightly_basis(store.conn, run, ("products", "contacts", "orders"))  # as sync does
+            mapping = load_mapping_for(profile)
+            mapped = map_records(store, profile, run_id=run, incremental=True, mapping=mapping)  # as sync maps
             times["map"] = time.perf_counter() - started
             started = time.perf_counter()
-            diffs = diff_all(store, profile, run_id=run)
+            diffs = diff_all(store, profile, run_id=run, changed=mapped.looked_at, basis=basis, mapping=mapping)
             times["diff"] = time.perf_counter() - started
             started = time.perf_counter()
             plan_id = _merge_plans(store, run, diffs)
@@ -209,21 +223,23 @@ def worker(state: Path, orders: int, nights: int, seed: int) -> list[dict]:
             "night": night, "staged": staged, "seconds": {k: round(v, 2) for k, v in times.items()},
             "total": round(sum(times.values()), 2), "sent": sum(sent.values()),
             "written": sum(r.mapped for r in mapped.entities.values()),
+            "compared": {d.type: d.compared for d in diffs},
             "state_bytes_per_order": round(size / orders), "peak_rss_mb": round(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "largest": {t: round(b / orders) for t, b in sorted(tables.items(), key=lambda kv: -kv[1])[:5]},
         })
     emulator.close()
-    for path in (work, emulated):
+    for path in (emulated,) if in_place else (work, emulated):
         for suffix in ("", "-wal", "-shm", ".lock"):
             Path(str(path) + suffix).unlink(missing_ok=True)
     return figures
 
 
-def measure(orders: int, nights: int, seed: int) -> list[dict]:
+def measure(orders: int, nights: int, seed: int, in_place: bool = False) -> list[dict]:
     state = history(orders, seed)
     out = subprocess.run([sys.executable, __file__, "--worker", str(state), "--orders", str(orders), "--nights",
-                          str(nights), "--seed", str(seed)], check=True, capture_output=True, text=True)
+                          str(nights), "--seed", str(seed)] + (["--in-place"] if in_place else []),
+                         check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
 
 
@@ -232,22 +248,28 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000, 2_000_000])
     parser.add_argument("--nights", type=int, default=1)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--in-place", action="store_true",
+                        help="run the nights on the prepared history itself, not a copy (a 2M history is 22 GB); "
+                             "later runs go on from the nights already run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--orders", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(Path(args.worker), args.orders, args.nights, args.seed)))
+        print(json.dumps(worker(Path(args.worker), args.orders, args.nights, args.seed, args.in_place)))
         return
     stages = ("stage change", "map", "diff", "plan", "push+verify")
     print(f"{'orders':>10} {'night':>5} " + " ".join(f"{s:>12}" for s in stages)
-          + f" {'total s':>8} {'sent':>5} {'RSS MB':>7} {'state B/order':>13}  largest tables (B/order)")
+          + f" {'total s':>8} {'sent':>5} {'RSS MB':>7} {'state B/order':>13}  records diff compared; "
+          "largest tables (B/order)")
     totals: dict[int, float] = {}
     for orders in args.sizes:
-        for f in measure(orders, args.nights, args.seed):
+        for f in measure(orders, args.nights, args.seed, args.in_place):
             totals[orders] = f["total"]
             largest = ", ".join(f"{t} {b:,}" for t, b in f["largest"].items())
+            compared = " ".join(f"{t[0]}{n}" if n is not None else f"{t[0]}:all" for t, n in f["compared"].items())
             print(f"{orders:>10,} {f['night']:>5} " + " ".join(f"{f['seconds'][s]:>12}" for s in stages)
-                  + f" {f['total']:>8} {f['sent']:>5} {f['peak_rss_mb']:>7} {f['state_bytes_per_order']:>13,}  {largest}",
+                  + f" {f['total']:>8} {f['sent']:>5} {f['peak_rss_mb']:>7} {f['state_bytes_per_order']:>13,}  "
+                  f"compared {compared}; {largest}",
                   flush=True)
     small, large = min(totals), max(totals)
     if small != large:

@@ -27,14 +27,20 @@ def register(app: typer.Typer) -> None:
     def map_(
         ctx: typer.Context,
         entity: Optional[list[str]] = typer.Option(None, "--entity", help="products, contacts or orders (repeatable)."),
+        incremental: bool = typer.Option(
+            False, "--incremental/--full",
+            help="--incremental: only what was staged since the last map (and what it feeds), as sync maps; "
+                 "--full (the default): every staged record."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ) -> None:
         """Turn staged ERP records into Ometria records through the YAML mappings.
 
         Each record gets a content hash and its lineage; an unchanged record writes nothing.
         Records that cannot be mapped become exceptions; exit 1 when one is at fail severity.
+        --incremental maps only what changed since the last map (everything when the mapping
+        rules changed or no map ran yet); --full, the default, maps everything again.
 
-        Example: khaosync map --entity orders
+        Example: khaosync map --entity orders --incremental
         """
         from khaosync.stages.map import ENTITIES, map_records
 
@@ -44,13 +50,15 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"--entity {name!r}: choose from {', '.join(ENTITIES)}")
         with c.open_store("map") as store:
             with c.terminal.progress("map") as progress:
-                result = map_records(store, c.profile, entities=entity or None, progress=progress)
+                result = map_records(store, c.profile, entities=entity or None, progress=progress,
+                                     incremental=incremental)
         if not any(r.staged or r.skipped_raw for r in result.entities.values()):
             c.terminal.warn("nothing is staged: run `khaosync pull` first")
         if as_json:
             c.terminal.json({"sandbox": c.profile.is_sandbox, "run": result.run_id,
                              "mappings": list(result.mappings),
                              "entities": {k: v.as_dict() for k, v in result.entities.items()},
+                             "incremental": {n: result.incremental.get(n, False) for n in result.entities},
                              "exceptions": dict(sorted(result.exceptions.items())),
                              "fail_findings": result.fail_findings})
         else:

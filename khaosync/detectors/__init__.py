@@ -88,6 +88,20 @@ class Check:
     # The same question over some records of ``entity`` only (``changed`` in run_detectors):
     # its findings about other records are carried forward, not closed.
     scoped: Callable[["DetectorContext", set[str]], Iterable[Finding]] | None = None
+    # The question answered from what changed (``changed`` in run_detectors) and what an
+    # incremental map keeps (``map_read``), instead of a scan of the history: every finding (the
+    # check closes whole), ``Narrowed`` (it closes only those keys), or None when nothing it
+    # reads changed (every finding carried).
+    nightly: Callable[["DetectorContext", dict[str, set[str]]], "Iterable[Finding] | Narrowed | None"] | None = None
+
+
+@dataclass
+class Narrowed:
+    """A nightly answer about some records only: its findings, and the keys (of the check's
+    entity) whose findings it closes when unseen; the others are carried forward."""
+
+    findings: list[Finding]
+    keys: set[str]
 
 
 @dataclass
@@ -99,6 +113,7 @@ class DetectorContext:
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     stall_after: timedelta = STALL_AFTER
     cache: dict = field(default_factory=dict)  # one pass shared by several checks of a detector
+    changed: dict[str, set[str]] = field(default_factory=dict)  # run_detectors' ``changed`` ({}: none)
 
     @property
     def conn(self):
@@ -171,9 +186,10 @@ def run_detectors(store: StateStore, profile: Profile, *, live_client: Any = Non
     ``owners``: exception type -> owner (default: the mapping file's ``owners``, then
     ``khaosync.findings``). ``scope``: record types (``{"order"}``) whose checks run; None
     runs them all (``health``). ``changed``: entity -> the keys whose answers may have moved
-    (sync's incremental map); a check that can (``Check.scoped``) then looks at those records
-    only and closes only their findings. Returns the findings with severity, owner and
-    exception id.
+    (sync's incremental map, ``diff_all``); a check that can (``Check.scoped``) then looks at
+    those records only and closes only their findings, and one with a ``Check.nightly`` answer
+    takes it (whole, or nothing when its inputs did not change: its findings stay open).
+    Returns the findings with severity, owner and exception id.
     """
     from khaosync.detectors.live import as_snapshot
 
@@ -186,20 +202,33 @@ def run_detectors(store: StateStore, profile: Profile, *, live_client: Any = Non
     own_run = run_id is None
     if own_run:
         run_id = store.start_run(stage, profile.name)
-    ctx = DetectorContext(store, profile, mapping, snapshot, now or datetime.now(timezone.utc), stall_after)
+    ctx = DetectorContext(store, profile, mapping, snapshot, now or datetime.now(timezone.utc), stall_after,
+                          changed=dict(changed or {}))
     try:
         checks = selected_checks(live=snapshot is not None, scope=scope)
         found: list[Finding] = []
         narrowed: dict[tuple[str, str], set[str]] = {}  # (type, entity) -> the keys looked at
+        ran: list[Check] = []  # the checks that answered (a carried one closes nothing)
         for check in checks:
             keys = (changed or {}).get(check.entity) if check.scoped is not None else None
             if keys is not None:
                 narrowed[(check.type, check.entity)] = keys
-            for finding in (check.run(ctx) if keys is None else check.scoped(ctx, keys)):  # type: ignore[misc]
+                answer: Iterable[Finding] | None = check.scoped(ctx, keys)  # type: ignore[misc]
+            elif changed is not None and check.nightly is not None:
+                answer = check.nightly(ctx, changed)  # type: ignore[assignment]
+                if isinstance(answer, Narrowed):
+                    narrowed[(check.type, check.entity)] = answer.keys
+                    answer = answer.findings
+            else:
+                answer = check.run(ctx)
+            if answer is None:
+                continue
+            ran.append(check)
+            for finding in answer:
                 found.append(replace(finding, severity=finding.severity or severity_of(finding.type),
                                      owner=owner_of(finding.type, owners), stage=stage, check=check.name,
                                      rule=check.rule))
-        recorded = _record(store, run_id, stage, checks, found, narrowed)  # type: ignore[arg-type]
+        recorded = _record(store, run_id, stage, ran, found, narrowed)  # type: ignore[arg-type]
     except BaseException:
         if own_run:
             store.finish_run(run_id, "failed")  # type: ignore[arg-type]
@@ -285,5 +314,5 @@ def ref(kind: str, key: object) -> str:
     return f"{kind}:{key}"
 
 
-__all__ = ["Check", "DetectorContext", "Finding", "STALL_AFTER", "load_mapping_for", "ref", "registry",
+__all__ = ["Check", "DetectorContext", "Finding", "Narrowed", "STALL_AFTER", "load_mapping_for", "ref", "registry",
            "run_detectors", "selected_checks"]

@@ -15,10 +15,11 @@ share an identifier and does it silently: the second contact's email just never 
 from __future__ import annotations
 
 import json
+import re
 from itertools import groupby
 from typing import Iterator
 
-from khaosync.detectors import Check, DetectorContext, Finding, ref
+from khaosync.detectors import Check, DetectorContext, Finding, Narrowed, ref
 from khaosync.detectors.scratch import fill
 
 TYPE = "identifier_conflict"
@@ -47,10 +48,14 @@ ORDER BY email, CAST(company AS INTEGER), company, CAST(contact AS INTEGER)
 """
 
 
-def shared_emails(ctx: DetectorContext) -> Iterator[Finding]:
-    rows = ctx.conn.execute(_HOLDERS)
+def shared_emails(ctx: DetectorContext, rows=None, emails: set[str] | None = None) -> Iterator[Finding]:
+    """Every shared email; with ``rows`` (holders of some companies) and ``emails``, those of
+    ``emails`` only (the rows hold every holder of those)."""
+    rows = ctx.conn.execute(_HOLDERS) if rows is None else rows
     for email, group in groupby(rows, key=lambda r: r[0]):
         holders = list(group)
+        if emails is not None and email not in emails:
+            continue  # some of its holders may be among the companies not read
         records = tuple(ref("contact", contact) if contact is not None else ref("company", company)
                         for _, company, contact in holders)
         who = ", ".join(f"contact {contact} (company {company})" if contact is not None
@@ -63,6 +68,79 @@ def shared_emails(ctx: DetectorContext) -> Iterator[Finding]:
             records, "contact", first_contact,
             detail={"email": email, "holders": [{"company_id": company, "contact_id": contact}
                                                 for _, company, contact in holders]})
+
+
+_AT_MOST = 500  # more emails than this changed: one whole pass is as cheap as the search
+_EMAILS_OF = """
+    SELECT lower(trim(json_extract(c.value, '$.email'))) FROM staged_record s, json_each(s.parsed, '$.contacts') c
+    WHERE s.entity = 'company' AND s.key = ? AND s.parsed IS NOT NULL
+    UNION SELECT lower(trim(json_extract(s.parsed, '$.web_user'))) FROM staged_record s
+    WHERE s.entity = 'company' AND s.key = ? AND s.parsed IS NOT NULL"""
+# The string values of every "email" and "web_user" key of a staged company's JSON.
+_EMAIL_VALUES = re.compile(r'"(?:email|web_user)"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _loose(email: str) -> str:
+    """Looser than SQL's lower(trim()): two emails equal there are equal here."""
+    return email.strip().casefold()
+
+
+def _mentions(wanted: set[str]):
+    """Whether a company's JSON text carries one of ``wanted`` (``_loose``) as an email or web
+    login: a superset of the companies the SQL finds holding them, at a regex pass per row."""
+    def mentions(text: str | None) -> bool:
+        if text is None:
+            return False
+        for value in _EMAIL_VALUES.findall(text):
+            if "\\" in value:  # an escape: read it as JSON does
+                try:
+                    value = json.loads(f'"{value}"')
+                except ValueError:
+                    return True  # unreadable here: let the SQL read it
+            if _loose(value) in wanted:
+                return True
+        return False
+    return mentions
+
+
+def shared_emails_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) -> Iterator[Finding] | Narrowed | None:
+    """Sync: only the emails a company staged since the last sync holds or held (any version)
+    can have become, or stopped being, shared. Their holders are found by one regex pass over
+    the staged companies' text (no JSON walk, no grouping; still a read of every company: no
+    email index is kept), and only those emails' groups are answered; their old findings close when unseen, the rest are
+    carried. The whole check when contacts were mapped whole, or too much changed."""
+    companies = changed.get("company")
+    if companies is None:
+        return shared_emails(ctx)
+    if not companies:
+        return None
+    conn = ctx.conn
+    emails: set[str] = set()
+    for key in sorted(companies):
+        emails.update(e for (e,) in conn.execute(_EMAILS_OF, (key, key)) if e)
+    if not emails:
+        return Narrowed([], set())
+    if len(emails) > _AT_MOST:
+        return shared_emails(ctx)
+    closes: set[str] = set()
+    for key, detail in conn.execute("SELECT record_key, detail FROM exception WHERE resolved_at IS NULL "
+                                    "AND type = ? AND entity = 'contact'", (TYPE,)):
+        if (json.loads(detail or "{}") or {}).get("email") in emails:
+            if key is None:
+                return shared_emails(ctx)  # a finding only a whole pass can close
+            closes.add(key)
+    conn.create_function("khaosync_mentions", 1, _mentions({_loose(e) for e in emails}), deterministic=True)
+    holders = set(companies) | {k for (k,) in conn.execute(
+        "SELECT key FROM staged_record WHERE entity = 'company' AND current = 1 AND parsed IS NOT NULL "
+        "AND khaosync_mentions(parsed)")}
+    fill(conn, "det_holder_company", ("key",), ((k,) for k in sorted(holders)), index="key")
+    only = "AND s.key IN (SELECT key FROM temp.det_holder_company)"
+    rows = conn.execute(_HOLDERS.replace("WHERE s.entity = 'company' AND s.current = 1 AND s.parsed IS NOT NULL",
+                                         "WHERE s.entity = 'company' AND s.current = 1 AND s.parsed IS NOT NULL "
+                                         + only)).fetchall()
+    conn.execute("DROP TABLE temp.det_holder_company")
+    found = list(shared_emails(ctx, rows, emails))
+    return Narrowed(found, closes | {f.key for f in found if f.key is not None})
 
 
 def ometria_email_elsewhere(ctx: DetectorContext) -> Iterator[Finding]:
@@ -96,7 +174,7 @@ def _summary(doc: dict) -> str:
 CHECKS = [
     Check("identifier_conflicts.shared_email", TYPE, "contact",
           "one email (trimmed, lower-cased) on more than one KC contact or company web login", shared_emails,
-          scope=frozenset({"contact"})),
+          scope=frozenset({"contact"}), nightly=shared_emails_nightly),
     Check("identifier_conflicts.ometria_email_elsewhere", TYPE, "ometria_contact",
           "an email we send that Ometria holds on another contact id (--live)", ometria_email_elsewhere,
           mode="live", scope=frozenset({"contact"})),

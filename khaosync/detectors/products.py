@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Iterator
 
 from khaosync.detectors import Check, DetectorContext, Finding, amount, ref
+from khaosync.detectors.scratch import fill
 
 TYPE = "product_mismatch"
 
@@ -102,17 +103,33 @@ def unknown_product(ctx: DetectorContext, keys: set[str] | None = None) -> Itera
                       detail={"lines": problems[key]})
 
 
-def _renamed(ctx: DetectorContext, items: dict[str, _Item]) -> dict[str, dict[str, int]]:
-    """Stock item key -> {other code: order lines carrying it} for codes that are not current."""
+_CODES = ("SELECT CAST(json_extract(l.value, '$.stock_id') AS TEXT) AS sid, json_extract(l.value, '$.stock_code'), "
+          "count(*) FROM staged_record s, json_each(s.parsed, '$.lines') l "
+          "WHERE s.entity = 'sales_order' AND s.current = 1 AND s.parsed IS NOT NULL AND sid IS NOT NULL")
+
+
+def _renamed(ctx: DetectorContext, items: dict[str, _Item], suspects: set[str],
+             orders: set[str] | None = None) -> dict[str, dict[str, int]]:
+    """Stock item key -> {other code: order lines carrying it} for codes that are not current, of
+    the ``suspects`` only (the items whose rename can matter); over the sales orders ``orders``
+    only, when given (every order that has a line of a suspect), else over every order line."""
     out: dict[str, dict[str, int]] = {}
-    for stock_id, code, lines in ctx.conn.execute(
-            "SELECT CAST(json_extract(l.value, '$.stock_id') AS TEXT) AS sid, json_extract(l.value, '$.stock_code'), "
-            "count(*) FROM staged_record s, json_each(s.parsed, '$.lines') l "
-            "WHERE s.entity = 'sales_order' AND s.current = 1 AND s.parsed IS NOT NULL AND sid IS NOT NULL "
-            "GROUP BY 1, 2"):
-        item = items.get(stock_id)
-        if item is not None and code and code != item.code:
-            out.setdefault(stock_id, {})[code] = lines
+    if not suspects:
+        return out  # nothing to read the history for
+    wanted = sorted(suspects) if len(suspects) <= 1000 else []  # a long list is filtered here, not in SQL
+    only = f" AND sid IN ({','.join('?' * len(wanted))})" if wanted else ""
+    if orders is None:
+        batches = [(_CODES + only + " GROUP BY 1, 2", wanted)]
+    else:
+        ordered = sorted(orders)
+        batches = [(_CODES + only + f" AND s.key IN ({','.join('?' * len(part))}) GROUP BY 1, 2", wanted + part)
+                   for part in (ordered[i:i + 500] for i in range(0, len(ordered), 500))]
+    for sql, args in batches:
+        for stock_id, code, lines in ctx.conn.execute(sql, args):
+            item = items.get(stock_id)
+            if item is not None and stock_id in suspects and code and code != item.code:
+                found = out.setdefault(stock_id, {})
+                found[code] = found.get(code, 0) + lines
     for key, alias in ctx.conn.execute("SELECT key, alias FROM record_alias WHERE entity = 'stock_item' "
                                        "AND alias_kind = 'stock_code'"):
         item = items.get(key)
@@ -143,12 +160,32 @@ def _attribute_problems(attributes) -> list[str]:
 
 
 def stock_item(ctx: DetectorContext) -> Iterator[Finding]:
+    return _stock_items(ctx, from_reads=False)
+
+
+def stock_item_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) -> Iterator[Finding]:
+    """The whole check (sync), the renames read from the orders that have a line of a suspect
+    item (``map_read``, which an incremental map keeps current) instead of every order line."""
+    return _stock_items(ctx, from_reads=True)
+
+
+def _orders_reading(ctx: DetectorContext, stock_ids: set[str]) -> set[str]:
+    out: set[str] = set()
+    for stock_id in sorted(stock_ids):
+        out.update(i for (i,) in ctx.conn.execute(
+            "SELECT id FROM map_read WHERE entity = 'stock_item' AND key = ? AND type = 'order'", (stock_id,)))
+    return out
+
+
+def _stock_items(ctx: DetectorContext, *, from_reads: bool) -> Iterator[Finding]:
     items = catalogue(ctx)
-    renamed = _renamed(ctx, items)
     mapped = {id_: json.loads(body) for id_, body in ctx.conn.execute(
         "SELECT id, CAST(body AS TEXT) FROM outbound_record WHERE type = 'product'")}
     in_ometria = {id_: sku for id_, sku in ctx.conn.execute(
         "SELECT id, json_extract(CAST(body AS TEXT), '$.sku') FROM ledger WHERE type = 'product'")}
+    # A rename matters only while Ometria does not hold the item's current code.
+    suspects = {key for key, item in items.items() if in_ometria.get(key) != item.code}
+    renamed = _renamed(ctx, items, suspects, _orders_reading(ctx, suspects) if from_reads else None)
     for key in sorted(items, key=lambda k: (len(k), k)):
         item = items[key]
         problems, detail = [], {}
@@ -201,13 +238,22 @@ def _unknown_lines(lines, known: set[str]) -> list[str]:
     return out
 
 
-def pending_order_lines(ctx: DetectorContext) -> Iterator[Finding]:
+_PENDING = ("SELECT o.id, json_extract(CAST(o.body AS TEXT), '$.lineitems') FROM outbound_record o "
+            "LEFT JOIN ledger l ON l.type = 'order' AND l.id = o.id "
+            "WHERE o.type = 'order' AND o.state = 'ready' AND l.content_hash IS NOT o.content_hash")
+
+
+def pending_order_lines(ctx: DetectorContext, keys: set[str] | None = None) -> Iterator[Finding]:
+    """Also scoped (sync: ``keys``, the orders whose diff can be other than unchanged, which are
+    all the orders about to be sent)."""
     known = _known_products(ctx)
     # Only orders about to be sent: what Ometria accepted is the live check's business.
-    rows = ctx.conn.execute(
-        "SELECT o.id, json_extract(CAST(o.body AS TEXT), '$.lineitems') FROM outbound_record o "
-        "LEFT JOIN ledger l ON l.type = 'order' AND l.id = o.id "
-        "WHERE o.type = 'order' AND o.state = 'ready' AND l.content_hash IS NOT o.content_hash ORDER BY o.id")
+    if keys is None:
+        rows = ctx.conn.execute(_PENDING + " ORDER BY o.id")
+    else:
+        fill(ctx.conn, "det_pending", ("id",), ((k,) for k in sorted(keys)), index="id")
+        rows = ctx.conn.execute(_PENDING + " AND o.id IN (SELECT id FROM temp.det_pending) ORDER BY o.id").fetchall()
+        ctx.conn.execute("DROP TABLE temp.det_pending")
     for id_, lines in rows:
         bad = _unknown_lines(json.loads(lines or "[]"), known)
         if bad:
@@ -236,10 +282,10 @@ CHECKS = [
           scoped=unknown_product),
     Check("products.stock_item", TYPE, "stock_item",
           "a renamed stock code Ometria does not hold yet; a product without title, price above zero or url; "
-          "malformed attributes", stock_item, scope=ORDERS_AND_PRODUCTS),
+          "malformed attributes", stock_item, scope=ORDERS_AND_PRODUCTS, nightly=stock_item_nightly),
     Check("products.pending_order_lines", TYPE, "order",
           "an order about to be sent naming a product that will not be in Ometria", pending_order_lines,
-          scope=ORDERS_AND_PRODUCTS),
+          scope=ORDERS_AND_PRODUCTS, scoped=pending_order_lines),
     Check("products.ometria_order_lines", TYPE, "ometria_order",
           "an order of ours in Ometria naming a product Ometria does not hold (--live)", ometria_order_lines,
           mode="live", scope=frozenset({"order"})),

@@ -55,9 +55,36 @@ def shows_full_value(doc: dict, full: bool, ctx: DetectorContext) -> bool:
                    for line in doc.get("lineitems") or [])
 
 
-def _gaps(ctx: DetectorContext, held_by_ometria) -> Iterator[Finding]:
+def credit_notes_of(ctx: DetectorContext, keys: set[str], changed_notes: set[str]) -> dict[str, list[tuple[str, Decimal, str]]]:
+    """``credit_notes`` for the sales orders ``keys`` only, without reading every credit note:
+    the ones map attached to them when it last mapped them (``map_read``) and the ones staged
+    since (``changed_notes``), each as it stands now."""
     conn = ctx.conn
-    notes = credit_notes(ctx)
+    candidates = set(changed_notes)
+    ordered = sorted(keys)
+    for start in range(0, len(ordered), 500):
+        part = ordered[start:start + 500]
+        candidates.update(k for (k,) in conn.execute(
+            f"SELECT key FROM map_read WHERE type = 'order' AND entity = 'credit_note' "
+            f"AND id IN ({','.join('?' * len(part))})", part))
+    out: dict[str, list[tuple[str, Decimal, str]]] = {}
+    notes = sorted(candidates)
+    for start in range(0, len(notes), 500):
+        part = notes[start:start + 500]
+        for sorder, key, total, code in conn.execute(
+                "SELECT CAST(json_extract(parsed, '$.sorder_id') AS TEXT), key, json_extract(parsed, '$.total'), "
+                "json_extract(parsed, '$.credit_code') FROM staged_record WHERE entity = 'credit_note' AND current = 1 "
+                f"AND parsed IS NOT NULL AND key IN ({','.join('?' * len(part))})", part):
+            if sorder is not None and sorder in keys:
+                out.setdefault(sorder, []).append((key, _decimal(total), code or key))
+    for found in out.values():
+        found.sort()  # key order, as the scan gives them
+    return out
+
+
+def _gaps(ctx: DetectorContext, held_by_ometria, notes: dict | None = None) -> Iterator[Finding]:
+    conn = ctx.conn
+    notes = credit_notes(ctx) if notes is None else notes
     for sorder in sorted(notes, key=lambda k: (len(k), k)):
         doc = held_by_ometria(sorder)
         if doc is None:
@@ -86,12 +113,24 @@ def _gaps(ctx: DetectorContext, held_by_ometria) -> Iterator[Finding]:
                                 for k in ("status", "is_valid", "grand_total") if k in doc}})
 
 
-def ledger_gaps(ctx: DetectorContext) -> Iterator[Finding]:
+def _ledger_body(ctx: DetectorContext):
     def held(sorder: str) -> dict | None:
         row = ctx.conn.execute("SELECT body FROM ledger WHERE type = 'order' AND id = ?", (sorder,)).fetchone()
         return wire.loads(row[0]) if row else None
 
-    return _gaps(ctx, held)
+    return held
+
+
+def ledger_gaps(ctx: DetectorContext) -> Iterator[Finding]:
+    return _gaps(ctx, _ledger_body(ctx))
+
+
+def ledger_gaps_of(ctx: DetectorContext, keys: set[str]) -> Iterator[Finding]:
+    """Scoped (sync): ``keys`` are the sales orders map looked at again and every order planned
+    since the last sync (the ledger took those); ``ctx.changed["credit_note"]``, the credit
+    notes staged since. Nothing else can have moved."""
+    notes = credit_notes_of(ctx, keys, ctx.changed.get("credit_note", set()))
+    return _gaps(ctx, _ledger_body(ctx), notes)
 
 
 def live_gaps(ctx: DetectorContext) -> Iterator[Finding]:
@@ -102,7 +141,7 @@ def live_gaps(ctx: DetectorContext) -> Iterator[Finding]:
 CHECKS = [
     Check("refunds.ledger", TYPE, "sales_order",
           "a processed KC credit note whose order, as Ometria accepted it from us, still shows full value",
-          ledger_gaps, mode="ledger", scope=frozenset({"order"})),
+          ledger_gaps, mode="ledger", scope=frozenset({"order"}), scoped=ledger_gaps_of),
     Check("refunds.live", TYPE, "ometria_order",
           "a processed KC credit note whose order, as Ometria holds it now, still shows full value (--live)",
           live_gaps, mode="live", scope=frozenset({"order"})),

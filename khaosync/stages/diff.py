@@ -37,6 +37,7 @@ present on one side only is one path (``lineitems[2]``) with the object as its v
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -49,7 +50,7 @@ from khaosync.detectors.live import LiveSnapshot, OmetriaReader, as_snapshot
 from khaosync.errors import ConfigError
 from khaosync.ometria import wire
 from khaosync.ometria.blanks import is_blank, stale_paths, with_blanks
-from khaosync.store import StateStore, plans
+from khaosync.store import StateStore, map_state, plans
 from khaosync.store.db import utcnow
 
 STAGE = "diff"
@@ -187,14 +188,17 @@ class DiffResult:
     findings: list[Finding] = field(default_factory=list)
     keys: list[str] | None = None
     fields_filter: list[str] | None = None
+    compared: int | None = None  # a nightly diff: the candidate ids compared (None: every record)
 
     @property
     def entity(self) -> str:
         return {v: k for k, v in ENTITIES.items()}[self.type]
 
+    carried_fail: int = 0  # a nightly diff: fail findings of its checks left open, not looked at again
+
     @property
     def fail_findings(self) -> int:
-        return sum(1 for f in self.findings if f.severity == "fail")
+        return sum(1 for f in self.findings if f.severity == "fail") + self.carried_fail
 
     def as_dict(self) -> dict:
         """The machine contract (docs/diff.md): ``plan``, ``counts``, ``records`` and more."""
@@ -385,10 +389,12 @@ class _Differ:
                              reason))
 
     # -- against the ledger ---------------------------------------------------------------------
-    def against_ledger(self, keys: list[str] | None) -> None:
+    def against_ledger(self, keys: list[str] | None, *, candidates: bool = False) -> None:
         # A hand-written two-way merge over raw cursor rows: this loop is the whole cost of a
-        # nightly diff, so an unchanged record costs two fetched rows and one comparison.
-        extra, args = _keys_clause(keys)
+        # full diff, so an unchanged record costs two fetched rows and one comparison.
+        # ``candidates``: only the ids in temp.diff_candidate (a nightly diff after an
+        # incremental map), however many they are.
+        extra, args = (" AND id IN (SELECT id FROM temp.diff_candidate)", []) if candidates else _keys_clause(keys)
         outs = self.conn.execute(f"SELECT id, content_hash, state, hold_reason FROM outbound_record "
                                  f"WHERE type = ?{extra} ORDER BY id", [self.type, *args])
         sent = self.conn.execute(f"SELECT id, content_hash FROM ledger WHERE type = ?{extra} ORDER BY id",
@@ -451,6 +457,86 @@ class _Differ:
         self.flush()
 
 
+# -- a nightly diff: only what can have moved since the last sync ---------------------------------
+
+STAGED_BY_TYPE = {"product": "stock_item", "contact": "company", "order": "sales_order"}
+MAP_ENTITY = {"product": "products", "contact": "contacts", "order": "orders"}  # map's marks by record type
+
+
+def nightly_basis(conn: sqlite3.Connection, run_id: int, types: Iterable[str]) -> int | None:
+    """The previous sync run whose diff this run's diff can build on, or None (diff everything).
+
+    Sound when nothing but that sync and its push touched the outbound records and the ledger
+    of ``types`` since its diff: it finished ok, it made the last map of each type (``map_mark``),
+    it diffed each type and its plans are not pruned, and every push since sent a plan made at
+    or after it. Call before this run's map (which moves the marks)."""
+    row = conn.execute("SELECT id, status, started_at FROM run WHERE command = 'sync' AND id < ? ORDER BY id DESC"
+                       " LIMIT 1", (run_id,)).fetchone()
+    if row is None or row[1] != "ok":
+        return None
+    basis, started = row[0], row[2]
+    types = [entity_type(t) for t in types]
+    for type_ in types:
+        mark = conn.execute("SELECT run_id FROM map_mark WHERE entity = ?", (MAP_ENTITY[type_],)).fetchone()
+        if mark is None or mark[0] != basis:
+            return None  # another map ran since (or none did): what it changed was never diffed
+    since = conn.execute("SELECT id, run_id, scope, pruned_at FROM plan WHERE run_id >= ?", (basis,)).fetchall()
+    if any(pruned is not None for _, _, _, pruned in since):
+        return None
+    diffed = {t for _, r, scope, _ in since if r == basis for t in json.loads(scope)}
+    if not set(types) <= diffed:
+        return None
+    plans_since = {p for p, _, _, _ in since}
+    for plan_id, created in conn.execute("SELECT plan_id, created_at FROM push_batch ORDER BY id DESC"):
+        if created < started:
+            break  # batches are journaled in id order
+        if plan_id not in plans_since:
+            return None  # a push of an older plan changed the ledger
+    return basis
+
+
+def nightly_candidates(conn: sqlite3.Connection, type_: str, changed: dict[str, set[str]], basis: int) -> set[str] | None:
+    """Every id of ``type_`` whose diff can be anything but ``unchanged``: the records map looked at
+    again (``changed``: staged entity -> keys) and every record planned since ``basis`` (what was
+    not unchanged then, and all the ledger took since). None: map looked at all of them."""
+    staged = changed.get(STAGED_BY_TYPE[type_])
+    if staged is None:
+        return None
+    if type_ == "contact":  # a company's contacts, as any of its versions held them
+        ids: set[str] = set()
+        for key in staged:
+            for text in map_state.versions(conn, "company", key):
+                doc = json.loads(text)
+                ids.update(str(c["contact_id"]) for c in doc.get("contacts") or []
+                           if isinstance(c, dict) and c.get("contact_id") is not None)
+    else:
+        ids = set(staged)  # orders and products are keyed on the staged key
+    ids.update(i for (i,) in conn.execute(
+        "SELECT r.id FROM plan p JOIN plan_record r ON r.plan_id = p.id AND r.type = ? WHERE p.run_id >= ?",
+        (type_, basis)))
+    return ids
+
+
+def _fill_candidates(conn: sqlite3.Connection, ids: set[str]) -> None:
+    conn.execute("DROP TABLE IF EXISTS temp.diff_candidate")
+    conn.execute("CREATE TEMP TABLE diff_candidate (id TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.executemany("INSERT INTO temp.diff_candidate VALUES (?)", ((i,) for i in sorted(ids)))
+
+
+def _count_the_rest(conn: sqlite3.Connection, result: DiffResult) -> None:
+    """Counts for the records not compared: each is as the basis left it, unchanged, or held (a
+    contact Ometria holds that map does not make ready). Every record Ometria holds from us is
+    changed, void, held or unchanged, so unchanged is the ledger's count less the others."""
+    conn.execute("DROP TABLE IF EXISTS temp.diff_candidate")
+    counts = result.counts
+    if result.type == "contact":
+        counts["held"] = conn.execute(
+            "SELECT count(*) FROM ledger l LEFT JOIN outbound_record o ON o.type = l.type AND o.id = l.id "
+            "WHERE l.type = 'contact' AND (o.id IS NULL OR o.state != 'ready')").fetchone()[0]
+    in_ledger = conn.execute("SELECT count(*) FROM ledger WHERE type = ?", (result.type,)).fetchone()[0]
+    counts["unchanged"] = in_ledger - counts["changed"] - counts["void"] - counts["held"]
+
+
 def _made_by(entity: str, live: bool, keys: list[str] | None) -> str:
     """The diff as an operator would type it, so push can say which review it sends."""
     return " ".join(["diff", entity] + (["--live"] if live else []) + [f"--key {k}" for k in keys or []])
@@ -468,7 +554,8 @@ def _new_plan_id(conn: sqlite3.Connection, run_id: int, now: datetime) -> str:
 def diff_records(store: StateStore, profile: Profile, entity: str, *,
                  live_client: OmetriaReader | LiveSnapshot | None = None, fields: list[str] | None = None,
                  keys: list[str] | None = None, limit: int | None = None, detect: bool = True,
-                 run_id: int | None = None, owners: dict[str, str] | None = None, mapping: Any = None) -> DiffResult:
+                 run_id: int | None = None, owners: dict[str, str] | None = None, mapping: Any = None,
+                 candidates: set[str] | None = None) -> DiffResult:
     """Diff one record type (``contacts``/``orders``/``products``) and write its plan.
 
     ``live_client``: compare with what Ometria holds now (an ``OmetriaClient`` or a
@@ -477,6 +564,10 @@ def diff_records(store: StateStore, profile: Profile, entity: str, *,
     narrow ``records`` (the listing). ``detect`` runs the detectors of this record type first
     (stage ``diff``), recording their exceptions; they are in ``result.findings`` (with ``keys``,
     only the checks that need no read-back: the live ones read whole collections).
+
+    ``candidates`` (sync, against the ledger): every id whose answer can differ from
+    ``unchanged`` (``nightly_candidates``); only those are compared, and the others are counted
+    unchanged (or held) from the ledger's count. The plan is still a full review.
 
     >>> result = diff_records(store, profile, "orders")            # doctest: +SKIP
     >>> result.counts, result.plan_id                              # doctest: +SKIP
@@ -511,7 +602,12 @@ def diff_records(store: StateStore, profile: Profile, entity: str, *,
                               made_by=_made_by(entity, snapshot is not None, keys) if own_run else "sync",
                               narrowed_to=list(keys) if keys else None)
             differ = _Differ(conn, result, plan_id=plan_id, cancelled_status=cancelled, fields=fields, limit=limit)
-            if snapshot is None:
+            if snapshot is None and candidates is not None and not keys:
+                _fill_candidates(conn, candidates)
+                differ.against_ledger(None, candidates=True)
+                _count_the_rest(conn, result)
+                result.compared = len(candidates)
+            elif snapshot is None:
                 differ.against_ledger(keys)
             else:
                 differ.against_live(snapshot, keys)
@@ -537,21 +633,51 @@ def diff_all(store: StateStore, profile: Profile, entities: Iterable[str] = ("pr
     """Diff several types in push order (``sync``): one plan per type.
 
     Within one run (``run_id``, as sync gives), the detectors run once for all the types (a
-    check covering products and orders used to run in both diffs); each result holds the findings of the checks its type covers, as a
-    diff of that type alone would. Diffs read nothing the detectors write and write nothing
-    they read (plans only), so running them first changes no finding."""
+    check covering products and orders used to run in both diffs); each result holds the findings
+    of the checks its type covers, as a diff of that type alone would.
+
+    A nightly diff (sync): ``changed`` (staged entity -> the keys its incremental map looked at
+    again) and ``basis`` (``nightly_basis``, taken before that map) narrow the work to what can
+    have moved: each type compares only its ``nightly_candidates``, and the detectors that can
+    look at those records only (``Check.scoped``) do. Without both, everything is compared and
+    every check runs whole."""
     entities = list(entities)
     changed = kwargs.pop("changed", None)  # entity -> keys the incremental map looked at (sync)
+    basis = kwargs.pop("basis", None)
     shared_run = kwargs.get("run_id") is not None  # sync's run: one detector pass for it
     if not shared_run or not kwargs.get("detect", True) or kwargs.get("keys") or kwargs.get("live_client") is not None:
         return [diff_records(store, profile, e, **kwargs) for e in entities]
     types = [entity_type(e) for e in entities]
     if kwargs.get("mapping") is None:
         kwargs["mapping"] = load_mapping_for(profile)
+    candidates: dict[str, set[str] | None] = {t: None for t in types}
+    scope: dict[str, set[str]] | None = None
+    if changed is not None and basis is not None:
+        # All up front: a type's diff may prune old plans before the next type's is read.
+        candidates = {t: nightly_candidates(store.conn, t, changed, basis) for t in types}
+        scope = dict(changed)
+        for type_, ids in candidates.items():
+            if ids is not None:
+                scope[type_] = ids  # the records whose diff can move: their checks look at them
+        scope["credit_note"] = {k for (k,) in store.conn.execute(  # staged since the basis (refund checks)
+            "SELECT DISTINCT key FROM staged_record WHERE run_id >= ? AND entity = 'credit_note'", (basis,))}
+        if candidates.get("order") is not None:
+            # sales orders map looked at, and every order planned since (the ledger took those)
+            scope["sales_order"] = set(changed.get("sales_order", ())) | candidates["order"]  # type: ignore[operator]
     findings = run_detectors(store, profile, live_client=None, owners=kwargs.get("owners"), stage=STAGE,
-                             scope=set(types), run_id=kwargs["run_id"], mapping=kwargs["mapping"], changed=changed)
+                             scope=set(types), run_id=kwargs["run_id"], mapping=kwargs["mapping"], changed=scope)
     scopes = {c.name: c.scope for c in selected_checks(live=False, scope=set(types))}
-    results = [diff_records(store, profile, e, **{**kwargs, "detect": False}) for e in entities]
+    results = [diff_records(store, profile, e, **{**kwargs, "detect": False, "candidates": candidates[t]})
+               for e, t in zip(entities, types)]
     for result in results:
         result.findings = [f for f in findings if result.type in scopes.get(f.check or "", frozenset())]
+    if scope is not None:
+        # What a nightly pass did not look at again is still open: counted, as a whole pass would.
+        seen = {f.exception_id for f in findings}
+        carried = [(t, e) for i, t, e in store.conn.execute(
+            "SELECT id, type, entity FROM exception WHERE resolved_at IS NULL AND severity = 'fail' "
+            "AND stage IN ('diff', 'health') AND last_run < ?", (kwargs["run_id"],)) if i not in seen]
+        for result in results:
+            parts = {(c.type, c.entity) for c in selected_checks(live=False, scope={result.type})}
+            result.carried_fail = sum(1 for part in carried if part in parts)
     return results

@@ -5,6 +5,11 @@ three per-type diffs are merged into ONE plan (products, contacts, orders), whic
 in that order: line items need their products first. Without ``commit`` the same path runs
 and push only checks and summarises the plan, so what a dry run predicts is what a real run
 sends.
+
+A nightly sync's work follows the day's change, not the history: map maps only what was
+staged since the last map, and when the last sync left the store (``nightly_basis``), diff
+compares only what that map looked at again plus what was planned since, and the detectors
+that can look at those records only do.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from datetime import datetime
 from typing import Any
 
 from khaosync.config import Profile
-from khaosync.stages.diff import DiffResult, diff_all
+from khaosync.detectors import load_mapping_for
+from khaosync.stages.diff import DiffResult, diff_all, nightly_basis
 from khaosync.stages.map import MapResult, map_records
 from khaosync.stages.pull import PullResult, Source, pull
 from khaosync.stages.push import PushResult, push_plan
@@ -145,9 +151,13 @@ def sync(store: StateStore, profile: Profile, source: Source, client, *, since: 
             consent_read = read_ometria_consent(store, profile, consent_reader, run_id=run_id)
             if consent_read.new_unsubscribes or consent_read.contact_changes or consent_read.erased:
                 full.add("contacts")  # what a contact is sent depends on Ometria's side now
+        # Before map moves the marks: may this run's diff build on the last sync's?
+        basis = nightly_basis(store.conn, run_id, chosen)
+        mapping = load_mapping_for(profile)  # read once for map, diff and the detectors
         mapped = map_records(store, profile, entities=chosen, progress=_named(progress, "map"), run_id=run_id,
-                             incremental=True, full=full)
-        diffs = diff_all(store, profile, chosen, run_id=run_id, changed=mapped.looked_at)
+                             incremental=True, full=full, mapping=mapping)
+        diffs = diff_all(store, profile, chosen, run_id=run_id, changed=mapped.looked_at, basis=basis,
+                         mapping=mapping)
         plan_id = _merge_plans(store, run_id, diffs)
         pushed = push_plan(store, profile, client if commit else None, plan_id, commit=commit, verify=verify,
                            progress=_named(progress, "push"))

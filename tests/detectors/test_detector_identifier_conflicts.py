@@ -66,3 +66,77 @@ def test_live_an_email_ometria_holds_on_another_contact(world):
         emu.tamper("contact", "w-1", {"email": "someone.else@example.org"}, collection="web")
         findings(store, profile, live_client=client(profile, emu))
         assert row.id not in [r.id for r in store.exceptions(open_only=True, type=TYPE)]
+
+
+def _restage(conn, run_id: int, doc: dict) -> None:
+    import hashlib
+    import json
+
+    from khaosync.store import staging
+
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    staging.stage(conn, entity="company", key=str(doc["company_id"]), raw=text.encode(), parsed=text,
+                  content_hash=hashlib.sha256(text.encode()).hexdigest(), run_id=run_id,
+                  seen_at="2030-01-01T00:00:00.000000+00:00")
+
+
+def _open_conflicts(state) -> set[tuple]:
+    with open_store(state, write=False) as store:
+        return set(store.conn.execute("SELECT entity, record_key, records, reason, detail FROM exception "
+                                      "WHERE resolved_at IS NULL AND type = ?", (TYPE,)))
+
+
+def test_a_nightly_pass_over_changed_companies_finds_what_a_whole_pass_does(erp_only, tmp_path):
+    """Emails taken from unchanged companies, planted groups broken up, web logins: the nightly
+    answer (only the emails the changed companies hold or held) leaves the register as a whole
+    pass does."""
+    import random
+    import shutil
+
+    from khaosync.store import staging
+
+    profile = profile_for(erp_only)
+    with open_store(profile.state) as store:
+        findings(store, profile)  # the register as the last sync left it
+    for seed in range(8):
+        rng = random.Random(seed)
+        nightly, whole = tmp_path / f"nightly-{seed}.db", tmp_path / f"whole-{seed}.db"
+        shutil.copyfile(profile.state, nightly)
+        with open_store(nightly) as store:
+            conn = store.conn
+            keys = [k for (k,) in conn.execute("SELECT key FROM staged_record WHERE entity = 'company' AND current = 1"
+                                               " AND parsed IS NOT NULL ORDER BY key")]
+            shared = sorted({r.split(":")[1] for g in planted_groups(erp_only) for r in g})
+            run_id = store.start_run("pull", "test")
+            changed = set()
+            with store.transaction():
+                for _ in range(rng.randint(1, 4)):
+                    doc = staging.current(conn, "company", rng.choice(keys)).parsed
+                    other = staging.current(conn, "company", rng.choice(keys)).parsed
+                    kind = rng.choice(["take", "fresh", "web", "fresh_shared"])
+                    if kind == "fresh_shared":  # a planted holder leaves its group
+                        holder = rng.choice(shared)
+                        doc = next(staging.current(conn, "company", k).parsed for k in keys
+                                   if any(str(c["contact_id"]) == holder for c in
+                                          staging.current(conn, "company", k).parsed.get("contacts") or []))
+                    if not doc.get("contacts") or not other.get("contacts"):
+                        continue
+                    if kind == "take":
+                        doc["contacts"][0]["email"] = " " + other["contacts"][0]["email"].upper()
+                    elif kind == "web":
+                        doc["web_user"] = other["contacts"][-1]["email"]
+                    elif kind == "fresh":
+                        doc["contacts"][0]["email"] = f"someone.new{seed}@example.org"
+                    else:
+                        for contact in doc["contacts"]:
+                            if str(contact["contact_id"]) == holder:
+                                contact["email"] = f"left.the.group{seed}@example.org"
+                    _restage(conn, run_id, doc)
+                    changed.add(str(doc["company_id"]))
+            store.finish_run(run_id, "ok", {})
+        shutil.copyfile(nightly, whole)
+        with open_store(nightly) as store:
+            run_detectors(store, profile, scope={"contact"}, changed={"company": changed})
+        with open_store(whole) as store:
+            run_detectors(store, profile, scope={"contact"})
+        assert _open_conflicts(nightly) == _open_conflicts(whole), (seed, changed)

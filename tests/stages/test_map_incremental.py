@@ -23,7 +23,7 @@ from khaosync.config import sandbox_profile
 from khaosync.khaos.soap import KhaosClient
 from khaosync.mapping import load_mapping
 from khaosync.sandbox.server import SandboxApp
-from khaosync.stages.diff import diff_all
+from khaosync.stages.diff import diff_all, nightly_basis
 from khaosync.stages.map import map_records
 from khaosync.stages.pull import FileSource, SoapSource, pull
 from khaosync.store import open_store, staging
@@ -31,6 +31,7 @@ from khaosync.store import open_store, staging
 KEY = "sandbox-key"
 ROOT = Path(__file__).resolve().parents[2]
 MAPPING = load_mapping(str(ROOT / "mappings" / "default.yaml"))
+ENTITIES = ["products", "contacts", "orders"]
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +166,14 @@ def run_days(state: Path, plan: list[list[tuple]], *, incremental: bool):
                 for op in day:
                     apply(conn, run_id, op)
             store.finish_run(run_id, "ok", {})
-            # Each day's map, one way or the other: a raw-only version keeps the last body mapped.
-            result = map_records(store, profile, mapping=MAPPING, incremental=incremental)
-            # ... and the day's diff as sync runs it: its detectors scoped to what map looked at.
+            # Each day's map, one way or the other: a raw-only version keeps the last body mapped;
+            # incrementally as sync maps, in the sync's run, so the next day builds on this one.
             sync_run = store.start_run("sync", "test")
-            diff_all(store, profile, ["products", "contacts", "orders"], run_id=sync_run, mapping=MAPPING,
-                     changed=result.looked_at if incremental else None)
+            basis = nightly_basis(store.conn, sync_run, ENTITIES) if incremental else None
+            result = map_records(store, profile, mapping=MAPPING, incremental=incremental, run_id=sync_run)
+            # ... and the day's diff as sync runs it: scoped to what that map looked at (from day 2).
+            diff_all(store, profile, ENTITIES, run_id=sync_run, mapping=MAPPING,
+                     changed=result.looked_at if incremental else None, basis=basis)
             store.finish_run(sync_run, "ok", {})
     return result
 
