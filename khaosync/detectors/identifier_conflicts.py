@@ -15,7 +15,6 @@ share an identifier and does it silently: the second contact's email just never 
 from __future__ import annotations
 
 import json
-import re
 from itertools import groupby
 from typing import Iterator
 
@@ -76,41 +75,41 @@ _EMAILS_OF = """
     WHERE s.entity = 'company' AND s.key = ? AND s.parsed IS NOT NULL
     UNION SELECT lower(trim(json_extract(s.parsed, '$.web_user'))) FROM staged_record s
     WHERE s.entity = 'company' AND s.key = ? AND s.parsed IS NOT NULL"""
-# The string values of every "email" and "web_user" key of a staged company's JSON.
-_EMAIL_VALUES = re.compile(r'"(?:email|web_user)"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
-def _loose(email: str) -> str:
-    """Looser than SQL's lower(trim()): two emails equal there are equal here."""
-    return email.strip().casefold()
+def _holders(conn, emails: set[str]) -> set[str]:
+    """The staged companies whose contacts or web login carry one of ``emails`` (compared as the
+    check compares them): through the contact index map keeps and an index on the web login."""
+    found: set[str] = set()
+    ordered = sorted(emails)
+    for start in range(0, len(ordered), 500):
+        part = ordered[start:start + 500]
+        marks = ",".join("?" * len(part))
+        found.update(k for (k,) in conn.execute(
+            f"SELECT company_key FROM contact_index INDEXED BY contact_index_loose WHERE lower(trim(email)) IN ({marks})",
+            part))
+        found.update(k for (k,) in conn.execute(
+            "SELECT key FROM staged_record INDEXED BY staged_company_login WHERE entity = 'company' AND current = 1"
+            f" AND lower(trim(json_extract(parsed, '$.web_user'))) IN ({marks})", part))
+    return found
 
 
-def _mentions(wanted: set[str]):
-    """Whether a company's JSON text carries one of ``wanted`` (``_loose``) as an email or web
-    login: a superset of the companies the SQL finds holding them, at a regex pass per row."""
-    def mentions(text: str | None) -> bool:
-        if text is None:
-            return False
-        for value in _EMAIL_VALUES.findall(text):
-            if "\\" in value:  # an escape: read it as JSON does
-                try:
-                    value = json.loads(f'"{value}"')
-                except ValueError:
-                    return True  # unreadable here: let the SQL read it
-            if _loose(value) in wanted:
-                return True
-        return False
-    return mentions
+def _index_is_current(conn) -> bool:
+    """The contact index holds every company staged so far (sync's map refreshed it)."""
+    row = conn.execute("SELECT staged_run FROM map_mark WHERE entity = 'contact_index'").fetchone()
+    latest = conn.execute("SELECT coalesce(max(run_id), 0) FROM staged_record WHERE entity = 'company'").fetchone()[0]
+    return row is not None and row[0] >= latest
 
 
 def shared_emails_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) -> Iterator[Finding] | Narrowed | None:
     """Sync: only the emails a company staged since the last sync holds or held (any version)
-    can have become, or stopped being, shared. Their holders are found by one regex pass over
-    the staged companies' text (no JSON walk, no grouping; still a read of every company: no
-    email index is kept), and only those emails' groups are answered; their old findings close when unseen, the rest are
-    carried. The whole check when contacts were mapped whole, or too much changed."""
+    can have become, or stopped being, shared. Their holders are found through indexes (the
+    contact index map keeps in step with staging, and the companies' web logins), and only those
+    emails' groups are answered; their old findings close when unseen, the rest are carried.
+    The whole check when contacts were mapped whole, too much changed, or the contact index is
+    behind staging (no map since the last pull)."""
     companies = changed.get("company")
-    if companies is None:
+    if companies is None or not _index_is_current(ctx.conn):
         return shared_emails(ctx)
     if not companies:
         return None
@@ -129,10 +128,7 @@ def shared_emails_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) ->
             if key is None:
                 return shared_emails(ctx)  # a finding only a whole pass can close
             closes.add(key)
-    conn.create_function("khaosync_mentions", 1, _mentions({_loose(e) for e in emails}), deterministic=True)
-    holders = set(companies) | {k for (k,) in conn.execute(
-        "SELECT key FROM staged_record WHERE entity = 'company' AND current = 1 AND parsed IS NOT NULL "
-        "AND khaosync_mentions(parsed)")}
+    holders = set(companies) | _holders(conn, emails)
     fill(conn, "det_holder_company", ("key",), ((k,) for k in sorted(holders)), index="key")
     only = "AND s.key IN (SELECT key FROM temp.det_holder_company)"
     rows = conn.execute(_HOLDERS.replace("WHERE s.entity = 'company' AND s.current = 1 AND s.parsed IS NOT NULL",

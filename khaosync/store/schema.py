@@ -356,6 +356,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         CREATE INDEX contact_index_email ON contact_index(email_key) WHERE email_key IS NOT NULL;
         CREATE INDEX contact_index_company ON contact_index(company_key);
+        -- The shared-email check's holders of an email, as it compares them (lower(trim())).
+        CREATE INDEX contact_index_loose ON contact_index(lower(trim(email)));
+        CREATE INDEX staged_company_login ON staged_record(lower(trim(json_extract(parsed, '$.web_user'))))
+            WHERE entity = 'company' AND current = 1;
         -- A shared email's survivor is the contact whose company ordered last: its orders by company.
         CREATE INDEX staged_order_company ON staged_record(json_extract(parsed, '$.company_id'))
             WHERE entity = 'sales_order' AND current = 1;
