@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from khaosync.errors import ConfigError
+from khaosync.store import staging
 from khaosync.store.lock import StateLock
 from khaosync.store.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -279,6 +280,7 @@ def open_store(path: str | Path, *, write: bool = True, command: str | None = No
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         if write:
+            conn.create_function("khaosync_deflate", 1, staging.deflate, deterministic=True)
             _migrate(conn, path)
         return StateStore(path, conn, lock)
     except BaseException:
