@@ -21,7 +21,9 @@ smallest's comes last.
     .venv/bin/python bench/nightly.py                              # 20,000, 200,000, 2,000,000 orders
     .venv/bin/python bench/nightly.py --sizes 20000 200000 --nights 3
 
-Prepared histories are cached under /tmp/khaosync-bench/ by size and seed.
+Prepared histories are cached under /tmp/khaosync-bench/ (or ``$KHAOSYNC_BENCH_FOLDER``) by size and
+seed. ``--tables`` prints every table's bytes per order (indexes counted with their table) after
+the last night.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -52,7 +55,7 @@ from khaosync.stages.sync import _merge_plans  # noqa: E402
 from khaosync.store import open_store, staging  # noqa: E402
 from khaosync.store.db import utcnow  # noqa: E402
 
-FOLDER = Path("/tmp/khaosync-bench")
+FOLDER = Path(os.environ.get("KHAOSYNC_BENCH_FOLDER", "/tmp/khaosync-bench"))
 KEY = "bench-key"
 CHANGED, NEW, CREDITS, CUSTOMERS = 110, 20, 6, 10
 
@@ -62,10 +65,18 @@ class SizedSynth(map_bench.Synth):
 
     def put(self, record) -> None:
         parsed = map_bench.canonical_json(record)
-        self.rows.append((record.ENTITY, record.key, 1, map_bench.content_hash(record), parsed.encode(), parsed,
+        raw, encoding = staging.encode_raw(parsed.encode())  # kept as pull keeps it
+        self.rows.append((record.ENTITY, record.key, 1, map_bench.content_hash(record), raw, encoding, parsed,
                           self.run_id, self.now))
         if len(self.rows) >= self.BATCH:
             self.flush()
+
+    def flush(self) -> None:
+        with self.store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO staged_record(entity, key, version, content_hash, raw, raw_encoding, parsed, run_id,"
+                " seen_at, current) VALUES (?,?,?,?,?,?,?,?,?,1)", self.rows)
+        self.rows = []
 
 
 def history(orders: int, seed: int) -> Path:
@@ -161,6 +172,8 @@ def _table_bytes(conn) -> dict[str, int]:
         owner = conn.execute("SELECT tbl_name FROM sqlite_master WHERE name = ?", (name,)).fetchone()
         table = owner[0] if owner else name
         sizes[table] = sizes.get(table, 0) + size
+    free, page = conn.execute("PRAGMA freelist_count").fetchone()[0], conn.execute("PRAGMA page_size").fetchone()[0]
+    sizes["(free pages)"] = free * page
     return sizes
 
 
@@ -212,6 +225,7 @@ def worker(state: Path, orders: int, nights: int, seed: int) -> list[dict]:
             "state_bytes_per_order": round(size / orders), "peak_rss_mb": round(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "largest": {t: round(b / orders) for t, b in sorted(tables.items(), key=lambda kv: -kv[1])[:5]},
+            "tables": {t: round(b / orders) for t, b in sorted(tables.items(), key=lambda kv: -kv[1])},
         })
     emulator.close()
     for path in (work, emulated):
@@ -232,6 +246,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000, 2_000_000])
     parser.add_argument("--nights", type=int, default=1)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--tables", action="store_true", help="every table's bytes per order after the last night")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--orders", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -243,12 +258,16 @@ def main() -> None:
           + f" {'total s':>8} {'sent':>5} {'RSS MB':>7} {'state B/order':>13}  largest tables (B/order)")
     totals: dict[int, float] = {}
     for orders in args.sizes:
-        for f in measure(orders, args.nights, args.seed):
+        figures = measure(orders, args.nights, args.seed)
+        for f in figures:
             totals[orders] = f["total"]
             largest = ", ".join(f"{t} {b:,}" for t, b in f["largest"].items())
             print(f"{orders:>10,} {f['night']:>5} " + " ".join(f"{f['seconds'][s]:>12}" for s in stages)
                   + f" {f['total']:>8} {f['sent']:>5} {f['peak_rss_mb']:>7} {f['state_bytes_per_order']:>13,}  {largest}",
                   flush=True)
+        if args.tables:
+            print(f"{'':>10} after night {figures[-1]['night']}, B/order: "
+                  + ", ".join(f"{t} {b:,}" for t, b in figures[-1]["tables"].items() if b), flush=True)
     small, large = min(totals), max(totals)
     if small != large:
         print(f"last night at {large:,} orders took {totals[large] / totals[small]:.2f}x the time at {small:,} "

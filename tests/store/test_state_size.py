@@ -8,7 +8,7 @@ import pytest
 
 from khaosync.ometria import wire
 from khaosync.store import journal, open_store, outbound, schema, staging
-from khaosync.store.db import _statements, utcnow
+from khaosync.store.db import PAGE_SIZE, _statements, utcnow
 
 SMALL = next(i for i, (what, _) in enumerate(schema.MIGRATIONS) if what.startswith("a state file that stays small"))
 
@@ -51,6 +51,11 @@ def test_raw_reads_back_exactly_what_was_staged(tmp_path):
 def test_a_raw_in_an_unknown_encoding_is_refused_not_misread():
     with pytest.raises(ValueError, match="'zstd'"):
         staging.raw_bytes(b"...", "zstd")
+
+
+def test_a_new_store_has_large_pages(tmp_path):
+    with open_store(tmp_path / "state.db") as store:
+        assert store.conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
 
 
 def test_a_ledger_body_the_outbound_record_holds_is_stored_once(tmp_path):
@@ -161,3 +166,21 @@ def test_an_older_store_migrates_and_reads_the_same(tmp_path):
         assert journal.ledger_row(store.conn, "order", "1").verified_at == "v"
         assert journal.ledger_rows_for_request(store.conn, "req") == [("order", "1"), ("order", "2"), ("order", "3")]
 
+
+def test_a_writer_gives_a_large_free_area_back_when_it_closes(tmp_path):
+    path = tmp_path / "state.db"
+    big = os.urandom(4000)
+    with open_store(path) as store:
+        run = store.start_run("pull", "test")
+        with store.transaction() as conn:
+            for i in range(6000):  # ~24 MB, then most of it goes, as a pruned plan's bodies do
+                conn.execute("INSERT INTO plan_body(content_hash, body) VALUES (?, ?)", (str(i), big + str(i).encode()))
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        full = path.stat().st_size
+        with store.transaction() as conn:
+            conn.execute("DELETE FROM plan_body WHERE CAST(content_hash AS INTEGER) >= 500")
+        assert run
+    assert path.stat().st_size < full / 4
+    with open_store(path) as store:
+        assert store.conn.execute("SELECT count(*) FROM plan_body").fetchone()[0] == 500
+        assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
