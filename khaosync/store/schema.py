@@ -416,6 +416,31 @@ MIGRATIONS: list[tuple[str, str]] = [
         END;
         """,
     ),
+    (
+        "what map read, with its entity and record type names as small codes",
+        """
+        -- The names map_read uses ("stock_item", "stock_item.stock_code", "order"), once each: a
+        -- code in a row instead of the name, in the table and again in its index.
+        CREATE TABLE map_read_name (
+            code INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE
+        );
+        INSERT INTO map_read_name(name) SELECT entity FROM map_read UNION SELECT type FROM map_read;
+        CREATE TABLE map_read_coded (
+            entity INTEGER NOT NULL,         -- map_read_name.code of what was looked up
+            key    TEXT NOT NULL,
+            type   INTEGER NOT NULL,         -- map_read_name.code of the outbound record that read it
+            id     TEXT NOT NULL,
+            PRIMARY KEY (entity, key, type, id)
+        ) WITHOUT ROWID;
+        INSERT INTO map_read_coded(entity, key, type, id)
+            SELECT e.code, r.key, t.code, r.id FROM map_read r
+            JOIN map_read_name e ON e.name = r.entity JOIN map_read_name t ON t.name = r.type;
+        DROP TABLE map_read;
+        ALTER TABLE map_read_coded RENAME TO map_read;
+        CREATE INDEX map_read_record ON map_read(type, id);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from khaosync.ometria import wire
-from khaosync.store import journal, open_store, outbound, schema, staging
+from khaosync.store import journal, map_state, open_store, outbound, schema, staging
 from khaosync.store.db import PAGE_SIZE, _statements, utcnow
 
 SMALL = next(i for i, (what, _) in enumerate(schema.MIGRATIONS) if what.startswith("a state file that stays small"))
@@ -132,6 +132,7 @@ def test_the_ledger_view_takes_plain_sql(tmp_path):
 
 def _store_before(path, version: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
+    conn.create_function("khaosync_deflate", 1, staging.deflate, deterministic=True)
     for _, sql in schema.MIGRATIONS[:version]:
         for statement in _statements(sql):
             conn.execute(statement)
@@ -184,3 +185,24 @@ def test_a_writer_gives_a_large_free_area_back_when_it_closes(tmp_path):
     with open_store(path) as store:
         assert store.conn.execute("SELECT count(*) FROM plan_body").fetchone()[0] == 500
         assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_what_map_read_survives_the_change_to_name_codes(tmp_path):
+    coded = next(i for i, (what, _) in enumerate(schema.MIGRATIONS) if what.startswith("what map read, with its"))
+    path = tmp_path / "state.db"
+    conn = _store_before(path, coded)
+    conn.executemany("INSERT INTO map_read(entity, key, type, id) VALUES (?, ?, ?, ?)", [
+        ("stock_item", "300", "order", "1"), ("stock_item.stock_code", "JNS001", "order", "1"),
+        ("company", "7", "order", "2"), ("contact", "7086", "contact", "7086")])
+    conn.close()
+    with open_store(path) as store:
+        conn = store.conn
+        assert map_state.readers(conn, [("stock_item", "300"), ("company", "7")], "order") == {"1", "2"}
+        assert map_state.readers(conn, [("stock_item.stock_code", "JNS001")], "order") == {"1"}
+        assert map_state.readers(conn, [("contact", "7086")], "order") == set()
+        assert map_state.readers(conn, [("never_seen", "1")], "product") == set()
+        with store.transaction():
+            map_state.replace_reads(conn, "order", {"1": {("stock_item", "301"), ("credit_note", "9")}})
+        assert map_state.all_reads(conn, "order", "1") == {("stock_item", "301"), ("credit_note", "9")}
+        assert map_state.all_reads(conn, "contact", "7086") == {("contact", "7086")}
+        assert map_state.readers(conn, [("credit_note", "9")], "order") == {"1"}
