@@ -206,3 +206,16 @@ def test_what_map_read_survives_the_change_to_name_codes(tmp_path):
         assert map_state.all_reads(conn, "order", "1") == {("stock_item", "301"), ("credit_note", "9")}
         assert map_state.all_reads(conn, "contact", "7086") == {("contact", "7086")}
         assert map_state.readers(conn, [("credit_note", "9")], "order") == {"1"}
+
+
+def test_an_exception_shows_a_deflated_raw_as_the_erp_sent_it(tmp_path):
+    from khaosync.detectors.register import view_record
+
+    with open_store(tmp_path / "state.db") as store:
+        run = store.start_run("pull", "test")
+        with store.transaction() as conn:
+            staging.stage(conn, entity="sales_order", key="1042", raw=XML, parsed='{"sorder_id": 1042}',
+                          content_hash="h", run_id=run, seen_at=utcnow())
+        assert store.conn.execute("SELECT raw_encoding FROM staged_record").fetchone()[0] == "zlib"
+        view = view_record(store.conn, "sales_order:1042")
+    assert view.erp[0]["raw"] == XML.decode()
