@@ -295,13 +295,16 @@ def open_store(path: str | Path, *, write: bool = True, command: str | None = No
         raise ConfigError(f"no state at {path}: run `khaosync pull` first (or pass --state)")
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
+        new = not path.exists() or path.stat().st_size == 0
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_PROBE_S if write else 30)
-        # Larger pages for a new store: its rows (a staged order, an outbound body) run to a few KB,
-        # and at 4 KB a page holds one of them and leaves the rest empty. No effect on an existing
-        # store (its page size changes only with VACUUM outside WAL: see docs/runbook.md).
-        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        # A new store can give pruned plans' pages back to the file system (see close()).
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        if new:
+            # Larger pages: a store's rows (a staged order, an outbound body) run to a few KB, and
+            # a 4 KB page holds one of them and leaves the rest empty. And a store that can give
+            # pruned plans' pages back to the file system (see close()). An existing store keeps
+            # its own (they change only with VACUUM outside WAL: see docs/runbook.md), and is not
+            # asked: another program's transaction on it would make the pragma wait.
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if write:
             _probe_writable(conn, path)
             conn.execute(f"PRAGMA busy_timeout = {30_000}")
