@@ -23,7 +23,9 @@ smallest's comes last.
     .venv/bin/python bench/nightly.py --sizes 20000 200000 --nights 3
     .venv/bin/python bench/nightly.py --sizes 2000000 --nights 2 --in-place     # no 22 GB copy
 
-Prepared histories are cached under /tmp/khaosync-bench/ (or ``$KHAOSYNC_BENCH_DIR``) by size and seed.
+Prepared histories are cached under /tmp/khaosync-bench/ (or ``$KHAOSYNC_BENCH_DIR``) by size and
+seed. ``--tables`` prints every table's bytes per order (indexes counted with their table) after
+the last night.
 """
 
 from __future__ import annotations
@@ -66,10 +68,18 @@ class SizedSynth(map_bench.Synth):
 
     def put(self, record) -> None:
         parsed = map_bench.canonical_json(record)
-        self.rows.append((record.ENTITY, record.key, 1, map_bench.content_hash(record), parsed.encode(), parsed,
+        raw, encoding = staging.encode_raw(parsed.encode())  # kept as pull keeps it
+        self.rows.append((record.ENTITY, record.key, 1, map_bench.content_hash(record), raw, encoding, parsed,
                           self.run_id, self.now))
         if len(self.rows) >= self.BATCH:
             self.flush()
+
+    def flush(self) -> None:
+        with self.store.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO staged_record(entity, key, version, content_hash, raw, raw_encoding, parsed, run_id,"
+                " seen_at, current) VALUES (?,?,?,?,?,?,?,?,?,1)", self.rows)
+        self.rows = []
 
 
 def history(orders: int, seed: int) -> Path:
@@ -170,6 +180,8 @@ def _table_bytes(conn) -> dict[str, int]:
         owner = conn.execute("SELECT tbl_name FROM sqlite_master WHERE name = ?", (name,)).fetchone()
         table = owner[0] if owner else name
         sizes[table] = sizes.get(table, 0) + size
+    free, page = conn.execute("PRAGMA freelist_count").fetchone()[0], conn.execute("PRAGMA page_size").fetchone()[0]
+    sizes["(free pages)"] = free * page
     return sizes
 
 
@@ -227,6 +239,7 @@ def worker(state: Path, orders: int, nights: int, seed: int, in_place: bool = Fa
             "state_bytes_per_order": round(size / orders), "peak_rss_mb": round(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "largest": {t: round(b / orders) for t, b in sorted(tables.items(), key=lambda kv: -kv[1])[:5]},
+            "tables": {t: round(b / orders) for t, b in sorted(tables.items(), key=lambda kv: -kv[1])},
         })
     emulator.close()
     for path in (emulated,) if in_place else (work, emulated):
@@ -251,6 +264,7 @@ def main() -> None:
     parser.add_argument("--in-place", action="store_true",
                         help="run the nights on the prepared history itself, not a copy (a 2M history is 22 GB); "
                              "later runs go on from the nights already run")
+    parser.add_argument("--tables", action="store_true", help="every table's bytes per order after the last night")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--orders", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -263,7 +277,8 @@ def main() -> None:
           "largest tables (B/order)")
     totals: dict[int, float] = {}
     for orders in args.sizes:
-        for f in measure(orders, args.nights, args.seed, args.in_place):
+        figures = measure(orders, args.nights, args.seed, args.in_place)
+        for f in figures:
             totals[orders] = f["total"]
             largest = ", ".join(f"{t} {b:,}" for t, b in f["largest"].items())
             compared = " ".join(f"{t[0]}{n}" if n is not None else f"{t[0]}:all" for t, n in f["compared"].items())
@@ -271,6 +286,9 @@ def main() -> None:
                   + f" {f['total']:>8} {f['sent']:>5} {f['peak_rss_mb']:>7} {f['state_bytes_per_order']:>13,}  "
                   f"compared {compared}; {largest}",
                   flush=True)
+        if args.tables:
+            print(f"{'':>10} after night {figures[-1]['night']}, B/order: "
+                  + ", ".join(f"{t} {b:,}" for t, b in figures[-1]["tables"].items() if b), flush=True)
     small, large = min(totals), max(totals)
     if small != large:
         print(f"last night at {large:,} orders took {totals[large] / totals[small]:.2f}x the time at {small:,} "

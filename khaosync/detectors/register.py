@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from khaosync.store import staging
 from khaosync.store.db import ExceptionRow, read_exceptions
 
 ERP_ENTITIES = ("company", "stock_item", "sales_order", "credit_note")
@@ -75,11 +76,12 @@ def _json(text: str | bytes | None) -> Any:
 
 
 def _staged(conn: sqlite3.Connection, entity: str, key: str) -> dict | None:
-    row = conn.execute("SELECT version, raw, parsed FROM staged_record WHERE entity = ? AND key = ? AND current = 1",
-                       (entity, key)).fetchone()
+    row = conn.execute("SELECT version, raw, parsed, raw_encoding FROM staged_record WHERE entity = ? AND key = ?"
+                       " AND current = 1", (entity, key)).fetchone()
     if row is None:
         return None
-    return {"entity": entity, "key": key, "version": row[0], "raw": _text(row[1]), "parsed": _json(row[2])}
+    return {"entity": entity, "key": key, "version": row[0], "raw": _text(staging.raw_bytes(row[1], row[3])),
+            "parsed": _json(row[2])}
 
 
 def _outbound(conn: sqlite3.Connection, type_: str, id_: str) -> dict | None:

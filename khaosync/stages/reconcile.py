@@ -41,7 +41,7 @@ from khaosync.mapping.schema import Mapping, load_mapping
 from khaosync.ometria import wire
 from khaosync.currency import money_text
 from khaosync.stages.reconcile_rules import METRICS, ReconcileRules, Status
-from khaosync.store import StateStore
+from khaosync.store import StateStore, staging
 from khaosync.store.db import utcnow
 
 LONDON = ZoneInfo("Europe/London")  # KC's clock, and the month finance closes
@@ -345,7 +345,7 @@ def load_erp_orders(store: StateStore, month: str, m: _Mapping) -> tuple[list[Er
     lo = (start - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
     hi = (end + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
     rows = conn.execute(
-        "SELECT key, parsed, raw FROM staged_record WHERE entity = 'sales_order' AND current = 1 AND ("
+        "SELECT key, parsed, raw, raw_encoding FROM staged_record WHERE entity = 'sales_order' AND current = 1 AND ("
         " parsed IS NULL OR json_extract(parsed, '$.order_date') IS NULL"
         " OR json_extract(parsed, '$.order_date') BETWEEN ? AND ?)", (lo, hi))
     notes: list[str] = []
@@ -354,9 +354,9 @@ def load_erp_orders(store: StateStore, month: str, m: _Mapping) -> tuple[list[Er
     if not stock:
         notes.append("no stock items are staged: order lines were not checked for unknown products")
     out: list[ErpOrder] = []
-    for key, parsed, raw in rows:
+    for key, parsed, raw, raw_encoding in rows:
         if parsed is None:
-            found = _raw_order_month(bytes(raw))
+            found = _raw_order_month(staging.raw_bytes(raw, raw_encoding))
             if found in (None, month):
                 out.append(ErpOrder(key, None, found, ["staged raw-only: the ERP's record could not be read"]))
             continue

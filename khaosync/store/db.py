@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from khaosync.errors import ConfigError
+from khaosync.store import staging
 from khaosync.store.lock import StateLock
 from khaosync.store.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -70,6 +71,8 @@ class StateStore:
 
     # -- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
+        if self.lock is not None:
+            self._give_back_free_pages()
         self.conn.close()
         if self.lock is not None:
             self.lock.release()
@@ -79,6 +82,22 @@ class StateStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _give_back_free_pages(self) -> None:
+        """A writer's last act: when much of the file is free (pruned plans), shrink the file.
+
+        Only a store made with ``auto_vacuum = INCREMENTAL`` (every new one) can; an older one
+        reuses its free pages as it grows (``docs/runbook.md`` says how to convert it)."""
+        try:
+            if self.conn.in_transaction or self.conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                return
+            free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+            pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            if free >= FREE_PAGES_KEPT and free * 10 > pages:
+                # executescript steps the pragma to its end (execute frees one page only)
+                self.conn.executescript("PRAGMA incremental_vacuum")
+        except sqlite3.Error:
+            pass  # shrinking is a courtesy: the next writer tries again
 
     @property
     def schema_version(self) -> int:
@@ -235,6 +254,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("COMMIT")
 
 
+PAGE_SIZE = 16384
+FREE_PAGES_KEPT = 1024
+"""Free pages (16 MiB) a writer leaves in the file for the next runs to reuse; more than that,
+and more than a tenth of the file, and it shrinks the file when it closes."""
+
 BUSY_PROBE_S = 2.0
 """How long a writer waits, on opening, for a transaction someone else holds. khaosync's own
 writers queue on the lock file first, so a holder here is another program (a sqlite3 shell, a
@@ -271,7 +295,16 @@ def open_store(path: str | Path, *, write: bool = True, command: str | None = No
         raise ConfigError(f"no state at {path}: run `khaosync pull` first (or pass --state)")
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
+        new = not path.exists() or path.stat().st_size == 0
         conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_PROBE_S if write else 30)
+        if new:
+            # Larger pages: a store's rows (a staged order, an outbound body) run to a few KB, and
+            # a 4 KB page holds one of them and leaves the rest empty. And a store that can give
+            # pruned plans' pages back to the file system (see close()). An existing store keeps
+            # its own (they change only with VACUUM outside WAL: see docs/runbook.md), and is not
+            # asked: another program's transaction on it would make the pragma wait.
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         if write:
             _probe_writable(conn, path)
             conn.execute(f"PRAGMA busy_timeout = {30_000}")
@@ -279,6 +312,7 @@ def open_store(path: str | Path, *, write: bool = True, command: str | None = No
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         if write:
+            conn.create_function("khaosync_deflate", 1, staging.deflate, deterministic=True)
             _migrate(conn, path)
         return StateStore(path, conn, lock)
     except BaseException:

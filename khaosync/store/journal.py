@@ -196,14 +196,17 @@ def batch_states(conn: sqlite3.Connection) -> dict[str, int]:
 # -- the ledger ----------------------------------------------------------------------------------
 def put_ledger(conn: sqlite3.Connection, type_: str, id_: str, content_hash: str, body: bytes, batch_id: int | None,
                request_id: str | None, now: str) -> None:
-    """Ometria accepted this version: it replaces the record's row (and is not verified yet)."""
+    """Ometria accepted this version: it replaces the record's row (and is not verified yet).
+
+    The entry keeps no body of its own when the outbound record holds the same bytes (the
+    ``ledger`` view fills it in; outbound_record's triggers copy it over before it changes)."""
     conn.execute(
-        """INSERT INTO ledger(type, id, content_hash, body, batch_id, request_id, accepted_at, verified_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, NULL)
+        """INSERT INTO ledger_entry(type, id, content_hash, body, batch_id, request_id, accepted_at, verified_at)
+           VALUES (?, ?, ?, nullif(?, (SELECT o.body FROM outbound_record o WHERE o.type = ? AND o.id = ?)), ?, ?, ?, NULL)
            ON CONFLICT(type, id) DO UPDATE SET content_hash = excluded.content_hash, body = excluded.body,
                batch_id = excluded.batch_id, request_id = excluded.request_id, accepted_at = excluded.accepted_at,
                verified_at = NULL""",
-        (type_, id_, content_hash, body, batch_id, request_id, now),
+        (type_, id_, content_hash, body, type_, id_, batch_id, request_id, now),
     )
 
 
@@ -234,11 +237,11 @@ def ledger_rows_for_request(conn: sqlite3.Connection, request_id: str) -> list[t
 
 
 def remove_ledger(conn: sqlite3.Connection, type_: str, id_: str) -> None:
-    conn.execute("DELETE FROM ledger WHERE type = ? AND id = ?", (type_, id_))
+    conn.execute("DELETE FROM ledger_entry WHERE type = ? AND id = ?", (type_, id_))
 
 
 def set_verified(conn: sqlite3.Connection, type_: str, id_: str, content_hash: str, now: str) -> None:
-    conn.execute("UPDATE ledger SET verified_at = ? WHERE type = ? AND id = ? AND content_hash = ?",
+    conn.execute("UPDATE ledger_entry SET verified_at = ? WHERE type = ? AND id = ? AND content_hash = ?",
                  (now, type_, id_, content_hash))
 
 

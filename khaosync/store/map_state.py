@@ -4,7 +4,7 @@ shared-email decisions.
 - ``map_read``: every (entity, key) map looked up for an outbound record, found or not (reverse
   lineage: a changed input names the records to map again). Keys are staged keys or derived
   ones: ``("contact", "7086")`` for a contact inside a company, ``("stock_item.stock_code",
-  "JNS001")`` for an alias.
+  "JNS001")`` for an alias. Entity and type names are kept as codes (``map_read_name``).
 - ``map_mark``: per CLI entity, the highest staging run a completed map had seen and the hash
   of the mapping rules it used; another mapping means a full map.
 - ``map_shared``: per CLI entity, the shared-email decisions its last map made.
@@ -60,20 +60,42 @@ def aliases(conn: sqlite3.Connection, entity: str, key: str) -> list[tuple[str, 
                         (entity, key)).fetchall()
 
 
+def _codes(conn: sqlite3.Connection, names: set[str], *, add: bool = False) -> dict[str, int]:
+    """The codes of these names in map_read (``add``: giving the new ones a code)."""
+    if add:
+        conn.executemany("INSERT OR IGNORE INTO map_read_name(name) VALUES (?)", ((n,) for n in sorted(names)))
+    ordered = sorted(names)
+    return {name: code for code, name in conn.execute(
+        f"SELECT code, name FROM map_read_name WHERE name IN ({','.join('?' * len(ordered))})", ordered)}
+
+
 def readers(conn: sqlite3.Connection, reads: Iterable[Read], type_: str) -> set[str]:
     """Ids of the ``type_`` records that read any of ``reads``."""
     found: set[str] = set()
+    reads = list(reads)
+    codes = _codes(conn, {type_} | {e for e, _ in reads})
+    if type_ not in codes:
+        return found
     for entity, key in reads:
-        found.update(i for (i,) in conn.execute(
-            "SELECT id FROM map_read WHERE entity = ? AND key = ? AND type = ?", (entity, key, type_)))
+        if entity in codes:
+            found.update(i for (i,) in conn.execute(
+                "SELECT id FROM map_read WHERE entity = ? AND key = ? AND type = ?", (codes[entity], key, codes[type_])))
     return found
 
 
 def replace_reads(conn: sqlite3.Connection, type_: str, reads: dict[str, set[Read]]) -> None:
     """What each of these records read this run, instead of what it read before."""
-    conn.executemany("DELETE FROM map_read WHERE type = ? AND id = ?", ((type_, i) for i in reads))
+    codes = _codes(conn, {type_} | {e for keys in reads.values() for e, _ in keys}, add=True)
+    type_code = codes[type_]
+    conn.executemany("DELETE FROM map_read WHERE type = ? AND id = ?", ((type_code, i) for i in reads))
     conn.executemany("INSERT OR IGNORE INTO map_read(entity, key, type, id) VALUES (?, ?, ?, ?)",
-                     ((e, k, type_, i) for i, keys in reads.items() for e, k in keys))
+                     ((codes[e], k, type_code, i) for i, keys in reads.items() for e, k in keys))
+
+
+def all_reads(conn: sqlite3.Connection, type_: str, id_: str) -> set[Read]:
+    """What one record read, by name (for tests and tracing)."""
+    return set(conn.execute("SELECT e.name, r.key FROM map_read r JOIN map_read_name e ON e.code = r.entity"
+                            " JOIN map_read_name t ON t.code = r.type WHERE t.name = ? AND r.id = ?", (type_, id_)))
 
 
 def shared_decisions(conn: sqlite3.Connection, entity: str) -> dict[int, str]:

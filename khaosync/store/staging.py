@@ -2,12 +2,16 @@
 
 An unchanged record adds no version; a changed one becomes version n+1 and the old one stays
 (``current = 0``), so a renamed stock code or URN remains traceable through ``record_alias``.
+
+``raw`` is kept deflated (``raw_encoding = 'zlib'``) where that is smaller, and read back here
+byte for byte; a reader outside this module selects ``raw, raw_encoding`` and calls ``raw_bytes``.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -26,6 +30,31 @@ class StagedRecord:
     seen_at: str
 
 
+RAW_ENCODING = "zlib"
+
+
+def deflate(raw: bytes) -> bytes:
+    """The stored form of raw bytes (also ``khaosync_deflate`` in SQL, for the migration)."""
+    return zlib.compress(bytes(raw), 6)
+
+
+def encode_raw(raw: bytes) -> tuple[bytes, str | None]:
+    """(stored bytes, raw_encoding): deflated when that is smaller, as sent otherwise."""
+    packed = deflate(raw)
+    return (packed, RAW_ENCODING) if len(packed) < len(raw) else (bytes(raw), None)
+
+
+def raw_bytes(stored: bytes | None, encoding: str | None) -> bytes | None:
+    """Exactly what the ERP sent, from a row's ``raw`` and ``raw_encoding``."""
+    if stored is None:
+        return None
+    if encoding is None:
+        return bytes(stored)
+    if encoding == RAW_ENCODING:
+        return zlib.decompress(stored)
+    raise ValueError(f"raw kept as {encoding!r}: this khaosync cannot read it")
+
+
 def stage(conn: sqlite3.Connection, *, entity: str, key: str, raw: bytes, parsed: str | None, content_hash: str,
           run_id: int, seen_at: str, aliases: dict[str, str] | None = None) -> Outcome:
     """Store one record if it is new or changed. Call inside the batch's transaction."""
@@ -37,10 +66,11 @@ def stage(conn: sqlite3.Connection, *, entity: str, key: str, raw: bytes, parsed
     version = 1 if row is None else row[0] + 1
     if row is not None:
         conn.execute("UPDATE staged_record SET current = 0 WHERE entity = ? AND key = ? AND current = 1", (entity, key))
+    stored, encoding = encode_raw(raw)
     conn.execute(
-        "INSERT INTO staged_record(entity, key, version, content_hash, raw, parsed, run_id, seen_at, current)"
-        " VALUES (?,?,?,?,?,?,?,?,1)",
-        (entity, key, version, content_hash, raw, parsed, run_id, seen_at),
+        "INSERT INTO staged_record(entity, key, version, content_hash, raw, raw_encoding, parsed, run_id, seen_at,"
+        " current) VALUES (?,?,?,?,?,?,?,?,?,1)",
+        (entity, key, version, content_hash, stored, encoding, parsed, run_id, seen_at),
     )
     for kind, alias in (aliases or {}).items():
         if alias:
@@ -52,10 +82,10 @@ def stage(conn: sqlite3.Connection, *, entity: str, key: str, raw: bytes, parsed
 
 
 def _row(r: tuple) -> StagedRecord:
-    return StagedRecord(r[0], r[1], r[2], r[3], bytes(r[4]), json.loads(r[5]) if r[5] else None, r[6], r[7])
+    return StagedRecord(r[0], r[1], r[2], r[3], raw_bytes(r[4], r[8]), json.loads(r[5]) if r[5] else None, r[6], r[7])
 
 
-_COLUMNS = "entity, key, version, content_hash, raw, parsed, run_id, seen_at"
+_COLUMNS = "entity, key, version, content_hash, raw, parsed, run_id, seen_at, raw_encoding"
 
 
 def current(conn: sqlite3.Connection, entity: str, key: str) -> StagedRecord | None:

@@ -156,7 +156,8 @@ def test_scs_children_are_linked_however_the_site_exports_them(tmp_path, sandbox
 def test_a_web_password_is_never_kept(tmp_path, sandbox):
     run(tmp_path, sandbox, entities=["customers"])
     with open_store(str(tmp_path / "state.db"), write=False) as store:
-        raws = [bytes(r[0]) for r in store.conn.execute("SELECT raw FROM staged_record WHERE entity = 'company'")]
+        raws = [staging.raw_bytes(raw, encoding) for raw, encoding in store.conn.execute(
+            "SELECT raw, raw_encoding FROM staged_record WHERE entity = 'company'")]  # as the ERP sent it
         raws += [bytes(r[0]) for r in store.conn.execute("SELECT raw FROM rejected_payload")]
     assert any(b"<WEB_PASSWORD>***</WEB_PASSWORD>" in r for r in raws)
     assert not any(b"pw-" in r for r in raws)

@@ -1,0 +1,221 @@
+"""A state file that stays small (issue 15.4): raw kept deflated and read back byte for byte, a
+ledger body the outbound record holds stored once and never lost, an older store migrated."""
+
+import os
+import sqlite3
+
+import pytest
+
+from khaosync.ometria import wire
+from khaosync.store import journal, map_state, open_store, outbound, schema, staging
+from khaosync.store.db import PAGE_SIZE, _statements, utcnow
+
+SMALL = next(i for i, (what, _) in enumerate(schema.MIGRATIONS) if what.startswith("a state file that stays small"))
+
+XML = (b'<?xml version="1.0" encoding="utf-8"?><SALES_ORDER><SORDER_ID>1042</SORDER_ID>'
+       + b"".join(b"<LINE><STOCK_CODE>MUG-%d</STOCK_CODE><QTY>2</QTY></LINE>" % i for i in range(40))
+       + "<NOTE>caf\u00e9 \u00a3 \u20ac</NOTE></SALES_ORDER>".encode())
+RAWS = {"xml": XML, "tiny": b"<x/>", "random": os.urandom(3000), "empty": b"", "latin-1": "Gr\u00fcn".encode("latin-1")}
+
+
+def _order(id_: str, title: str = "first") -> tuple[str, bytes]:
+    body = wire.dumps({"@type": "order", "id": id_, "title": title})
+    return wire.content_hash(body), body
+
+
+def _write_outbound(conn, id_: str, title: str = "first") -> None:
+    digest, body = _order(id_, title)
+    conn.execute("INSERT OR IGNORE INTO run(id, command, profile, started_at) VALUES (1, 'map', 'test', 'now')")
+    outbound.write(conn, [outbound.NewVersion("order", id_, digest, body, "[]", "ready", None)], run_id=1, now=utcnow())
+
+
+def test_raw_reads_back_exactly_what_was_staged(tmp_path):
+    with open_store(tmp_path / "state.db") as store:
+        run = store.start_run("pull", "test")
+        with store.transaction() as conn:
+            for key, raw in RAWS.items():
+                staging.stage(conn, entity="sales_order", key=key, raw=raw, parsed=None, content_hash=key,
+                              run_id=run, seen_at=utcnow())
+            staging.stage(conn, entity="sales_order", key="xml", raw=XML + b" ", parsed=None, content_hash="v2",
+                          run_id=run, seen_at=utcnow())
+        for key, raw in RAWS.items():
+            assert staging.current(store.conn, "sales_order", key).raw == (XML + b" " if key == "xml" else raw)
+        assert [v.raw for v in staging.history(store.conn, "sales_order", "xml")] == [XML, XML + b" "]
+        kept = dict(store.conn.execute("SELECT key, length(raw) FROM staged_record WHERE current = 1"))
+        encodings = dict(store.conn.execute("SELECT key, raw_encoding FROM staged_record WHERE current = 1"))
+    assert kept["xml"] < len(XML) / 4 and encodings["xml"] == "zlib"
+    # deflating would not save anything: kept as sent
+    assert encodings["tiny"] is None and encodings["random"] is None and kept["random"] == 3000
+
+
+def test_a_raw_in_an_unknown_encoding_is_refused_not_misread():
+    with pytest.raises(ValueError, match="'zstd'"):
+        staging.raw_bytes(b"...", "zstd")
+
+
+def test_a_new_store_has_large_pages(tmp_path):
+    with open_store(tmp_path / "state.db") as store:
+        assert store.conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+
+
+def test_a_ledger_body_the_outbound_record_holds_is_stored_once(tmp_path):
+    with open_store(tmp_path / "state.db") as store:
+        with store.transaction() as conn:
+            _write_outbound(conn, "1")
+            digest, body = _order("1")
+            journal.put_ledger(conn, "order", "1", digest, body, None, "req-1", utcnow())
+            void = wire.dumps({"@type": "order", "id": "2", "is_valid": False})  # a voiding body diff made
+            journal.put_ledger(conn, "order", "2", wire.content_hash(void), void, None, "req-1", utcnow())
+        kept = dict(store.conn.execute("SELECT id, body FROM ledger_entry"))
+        assert kept == {"1": None, "2": void}
+        assert journal.ledger_body(store.conn, "order", "1") == body
+        assert journal.ledger_body(store.conn, "order", "2") == void
+        assert store.conn.execute("SELECT body FROM ledger WHERE id = '1'").fetchone()[0] == body
+
+
+@pytest.mark.parametrize("change", ["remapped", "deleted", "replaced", "raw sql update"])
+def test_the_accepted_body_survives_whatever_happens_to_the_outbound_record(tmp_path, change):
+    """Ometria holds what it accepted: the ledger must keep saying so when map makes a new body."""
+    with open_store(tmp_path / "state.db") as store:
+        digest, accepted = _order("1")
+        with store.transaction() as conn:
+            _write_outbound(conn, "1")
+            journal.put_ledger(conn, "order", "1", digest, accepted, None, "req-1", utcnow())
+            assert conn.execute("SELECT body FROM ledger_entry").fetchone()[0] is None
+            new_digest, new_body = _order("1", "second")
+            if change == "remapped":
+                _write_outbound(conn, "1", "second")
+            elif change == "deleted":
+                conn.execute("DELETE FROM outbound_record WHERE type = 'order' AND id = '1'")
+            elif change == "replaced":
+                conn.execute("INSERT OR REPLACE INTO outbound_record(type, id, content_hash, body, lineage, run_id,"
+                             " mapped_at) VALUES ('order', '1', ?, ?, '[]', 1, 'now')", (new_digest, new_body))
+            else:
+                conn.execute("UPDATE outbound_record SET body = ?, content_hash = ? WHERE id = '1'",
+                             (new_body, new_digest))
+        assert journal.ledger_body(store.conn, "order", "1") == accepted
+        assert journal.ledger_row(store.conn, "order", "1").content_hash == digest
+        # and a state-only move (held) keeps sharing
+        with store.transaction() as conn:
+            _write_outbound(conn, "2")
+            journal.put_ledger(conn, "order", "2", *_order("2"), None, "req-2", utcnow())
+            conn.execute("UPDATE outbound_record SET state = 'held', hold_reason = 'x' WHERE id = '2'")
+        assert store.conn.execute("SELECT body FROM ledger_entry WHERE id = '2'").fetchone()[0] is None
+        assert journal.ledger_body(store.conn, "order", "2") == _order("2")[1]
+
+
+def test_the_ledger_view_takes_plain_sql(tmp_path):
+    """What a sqlite3 shell (or an older script) did to the ledger table still works on the view."""
+    with open_store(tmp_path / "state.db") as store:
+        with store.transaction() as conn:
+            _write_outbound(conn, "1")
+            conn.execute("INSERT INTO ledger(type, id, content_hash, body, accepted_at) VALUES ('order', '1', ?, ?,"
+                         " 'then')", _order("1"))
+            conn.execute("INSERT OR REPLACE INTO ledger(type, id, content_hash, body, accepted_at) VALUES"
+                         " ('order', '1', 'x', 'text body', 'later')")
+            assert conn.execute("SELECT content_hash, body, accepted_at FROM ledger").fetchall() == [
+                ("x", "text body", "later")]
+            conn.execute("UPDATE ledger SET body = ?, verified_at = 'v' WHERE id = '1'", (_order("1")[1],))
+            assert conn.execute("SELECT body FROM ledger_entry").fetchone()[0] is None
+            conn.execute("UPDATE ledger SET accepted_at = 'again'")
+            assert conn.execute("SELECT body, accepted_at, verified_at FROM ledger").fetchone() == (
+                _order("1")[1], "again", "v")
+            with pytest.raises(sqlite3.IntegrityError):
+                conn.execute("INSERT INTO ledger(type, id, content_hash, body, accepted_at) VALUES ('order', '1', 'y',"
+                             " 'b', 'x')")
+            with pytest.raises(sqlite3.IntegrityError, match="ledger.body"):
+                conn.execute("INSERT INTO ledger(type, id, content_hash, body, accepted_at) VALUES ('order', '3', 'y',"
+                             " NULL, 'x')")
+            conn.execute("DELETE FROM ledger WHERE id = '1'")
+            assert conn.execute("SELECT count(*) FROM ledger_entry").fetchone()[0] == 0
+
+
+def _store_before(path, version: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.create_function("khaosync_deflate", 1, staging.deflate, deterministic=True)
+    for _, sql in schema.MIGRATIONS[:version]:
+        for statement in _statements(sql):
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    return conn
+
+
+def test_an_older_store_migrates_and_reads_the_same(tmp_path):
+    path = tmp_path / "state.db"
+    conn = _store_before(path, SMALL)
+    conn.execute("INSERT INTO run(id, command, profile, started_at) VALUES (1, 'pull', 'test', 'then')")
+    for key, raw in RAWS.items():
+        conn.execute("INSERT INTO staged_record(entity, key, version, content_hash, raw, parsed, run_id, seen_at)"
+                     " VALUES ('sales_order', ?, 1, ?, ?, '{\"a\": 1}', 1, 'then')", (key, key, raw))
+    shared, own = _order("1"), _order("2", "accepted")
+    for id_, (digest, body) in (("1", shared), ("2", _order("2", "remapped since"))):
+        conn.execute("INSERT INTO outbound_record(type, id, content_hash, body, lineage, run_id, mapped_at)"
+                     " VALUES ('order', ?, ?, ?, '[]', 1, 'then')", (id_, digest, body))
+    for id_, (digest, body) in (("1", shared), ("2", own), ("3", _order("3"))):
+        conn.execute("INSERT INTO ledger(type, id, content_hash, body, request_id, accepted_at, verified_at)"
+                     " VALUES ('order', ?, ?, ?, 'req', 'then', 'v')", (id_, digest, body))
+    conn.close()
+
+    with open_store(path) as store:
+        assert store.schema_version == schema.SCHEMA_VERSION
+        for key, raw in RAWS.items():
+            assert staging.current(store.conn, "sales_order", key).raw == raw
+        assert store.conn.execute("SELECT raw_encoding FROM staged_record WHERE key = 'xml'").fetchone()[0] == "zlib"
+        assert {i: journal.ledger_body(store.conn, "order", i) for i in "123"} == {
+            "1": shared[1], "2": own[1], "3": _order("3")[1]}
+        assert dict(store.conn.execute("SELECT id, body IS NULL FROM ledger_entry")) == {"1": 1, "2": 0, "3": 0}
+        assert journal.ledger_row(store.conn, "order", "1").verified_at == "v"
+        assert journal.ledger_rows_for_request(store.conn, "req") == [("order", "1"), ("order", "2"), ("order", "3")]
+
+
+def test_a_writer_gives_a_large_free_area_back_when_it_closes(tmp_path):
+    path = tmp_path / "state.db"
+    big = os.urandom(4000)
+    with open_store(path) as store:
+        run = store.start_run("pull", "test")
+        with store.transaction() as conn:
+            for i in range(6000):  # ~24 MB, then most of it goes, as a pruned plan's bodies do
+                conn.execute("INSERT INTO plan_body(content_hash, body) VALUES (?, ?)", (str(i), big + str(i).encode()))
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        full = path.stat().st_size
+        with store.transaction() as conn:
+            conn.execute("DELETE FROM plan_body WHERE CAST(content_hash AS INTEGER) >= 500")
+        assert run
+    assert path.stat().st_size < full / 4
+    with open_store(path) as store:
+        assert store.conn.execute("SELECT count(*) FROM plan_body").fetchone()[0] == 500
+        assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_what_map_read_survives_the_change_to_name_codes(tmp_path):
+    coded = next(i for i, (what, _) in enumerate(schema.MIGRATIONS) if what.startswith("what map read, with its"))
+    path = tmp_path / "state.db"
+    conn = _store_before(path, coded)
+    conn.executemany("INSERT INTO map_read(entity, key, type, id) VALUES (?, ?, ?, ?)", [
+        ("stock_item", "300", "order", "1"), ("stock_item.stock_code", "JNS001", "order", "1"),
+        ("company", "7", "order", "2"), ("contact", "7086", "contact", "7086")])
+    conn.close()
+    with open_store(path) as store:
+        conn = store.conn
+        assert map_state.readers(conn, [("stock_item", "300"), ("company", "7")], "order") == {"1", "2"}
+        assert map_state.readers(conn, [("stock_item.stock_code", "JNS001")], "order") == {"1"}
+        assert map_state.readers(conn, [("contact", "7086")], "order") == set()
+        assert map_state.readers(conn, [("never_seen", "1")], "product") == set()
+        with store.transaction():
+            map_state.replace_reads(conn, "order", {"1": {("stock_item", "301"), ("credit_note", "9")}})
+        assert map_state.all_reads(conn, "order", "1") == {("stock_item", "301"), ("credit_note", "9")}
+        assert map_state.all_reads(conn, "contact", "7086") == {("contact", "7086")}
+        assert map_state.readers(conn, [("credit_note", "9")], "order") == {"1"}
+
+
+def test_an_exception_shows_a_deflated_raw_as_the_erp_sent_it(tmp_path):
+    from khaosync.detectors.register import view_record
+
+    with open_store(tmp_path / "state.db") as store:
+        run = store.start_run("pull", "test")
+        with store.transaction() as conn:
+            staging.stage(conn, entity="sales_order", key="1042", raw=XML, parsed='{"sorder_id": 1042}',
+                          content_hash="h", run_id=run, seen_at=utcnow())
+        assert store.conn.execute("SELECT raw_encoding FROM staged_record").fetchone()[0] == "zlib"
+        view = view_record(store.conn, "sales_order:1042")
+    assert view.erp[0]["raw"] == XML.decode()
