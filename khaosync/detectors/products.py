@@ -31,6 +31,7 @@ from typing import Iterator
 
 from khaosync.detectors import Check, DetectorContext, Finding, amount, ref
 from khaosync.detectors.scratch import fill
+from khaosync.store import map_state
 
 TYPE = "product_mismatch"
 
@@ -170,11 +171,7 @@ def stock_item_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) -> It
 
 
 def _orders_reading(ctx: DetectorContext, stock_ids: set[str]) -> set[str]:
-    out: set[str] = set()
-    for stock_id in sorted(stock_ids):
-        out.update(i for (i,) in ctx.conn.execute(
-            "SELECT id FROM map_read WHERE entity = 'stock_item' AND key = ? AND type = 'order'", (stock_id,)))
-    return out
+    return map_state.readers(ctx.conn, [("stock_item", s) for s in sorted(stock_ids)], "order")
 
 
 def _stock_items(ctx: DetectorContext, *, from_reads: bool) -> Iterator[Finding]:

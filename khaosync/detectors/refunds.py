@@ -22,6 +22,7 @@ from typing import Iterator
 
 from khaosync.detectors import Check, DetectorContext, Finding, amount, ref
 from khaosync.ometria import wire
+from khaosync.store import map_state
 
 TYPE = "refund_gap"
 
@@ -60,13 +61,7 @@ def credit_notes_of(ctx: DetectorContext, keys: set[str], changed_notes: set[str
     the ones map attached to them when it last mapped them (``map_read``) and the ones staged
     since (``changed_notes``), each as it stands now."""
     conn = ctx.conn
-    candidates = set(changed_notes)
-    ordered = sorted(keys)
-    for start in range(0, len(ordered), 500):
-        part = ordered[start:start + 500]
-        candidates.update(k for (k,) in conn.execute(
-            f"SELECT key FROM map_read WHERE type = 'order' AND entity = 'credit_note' "
-            f"AND id IN ({','.join('?' * len(part))})", part))
+    candidates = set(changed_notes) | map_state.read_keys(conn, "order", keys, "credit_note")
     out: dict[str, list[tuple[str, Decimal, str]]] = {}
     notes = sorted(candidates)
     for start in range(0, len(notes), 500):

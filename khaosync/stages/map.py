@@ -38,6 +38,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+import orjson
 from pydantic import ValidationError
 
 from khaosync.config import Profile
@@ -65,8 +66,9 @@ FINDING_ENTITIES: dict[str, tuple[str, ...]] = {
 BATCH = 1000
 # Findings from checks that look at the whole store every run: closed whole, even incrementally.
 WHOLE_STORE_FINDINGS: dict[str, tuple[tuple[str, str], ...]] = {
-    "products": (), "contacts": (("identifier_conflict", "contact"),), "orders": (("refund_gap", "credit_note"),),
+    "products": (), "contacts": (("identifier_conflict", "contact"),), "orders": (),
 }
+# (refund_gap is answered for the credit notes whose answer may have moved: ``credit_candidates``.)
 # Keys a staged record's versions point at, besides its own: a company holds its contacts, a
 # credit note points at its sales order. (Aliases come from ``record_alias``, for every entity.)
 DERIVED_KEYS: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
@@ -146,6 +148,7 @@ class _MapRun:
                                    self._stock_item)
         self.shared = SharedEmails()
         self.scope: dict[str, set[tuple[str, str]]] = {}  # incremental: (entity, key) looked at again, per CLI entity
+        self.credit_candidates: set[str] = set()  # incremental: credit notes whose refund gap may have moved
 
     # -- writing ---------------------------------------------------------------------------
     def _record(self, finding: Finding, result: EntityResult) -> None:
@@ -326,22 +329,37 @@ class _MapRun:
                            (last or "").strip() or None, lineage)
 
     # -- orders ----------------------------------------------------------------------------
-    def index_credit_notes(self, result: EntityResult) -> None:
+    def index_credit_notes(self, result: EntityResult, incremental: bool) -> None:
+        """``refund_gap``: credit notes whose order is not a readable staged order. Every note on a
+        full run; incrementally, the notes whose answer may have moved (``credit_candidates``)."""
         c = self.conn
-        # Every credit note whose order is not a readable staged order (one pass, in SQLite),
-        # and whether that order was placed before a `pull --since` window: not khaosync's,
-        # left out (counted).
-        orphans = c.execute("""SELECT m.key, json_extract(m.parsed, '$.sorder_id'), json_extract(m.parsed, '$.credit_code'),
+        candidates = sorted(self.credit_candidates) if incremental else None
+        # Each orphan, and whether its order was placed before a `pull --since` window: not
+        # khaosync's, left out (counted).
+        sql = """SELECT m.key, json_extract(m.parsed, '$.sorder_id'), json_extract(m.parsed, '$.credit_code'),
                    json_extract(m.parsed, '$.total'), EXISTS (SELECT 1 FROM order_outside_window w
                        WHERE w.key = CAST(json_extract(m.parsed, '$.sorder_id') AS TEXT))
             FROM staged_record m
             WHERE m.entity = 'credit_note' AND m.current = 1 AND m.parsed IS NOT NULL
               AND (json_extract(m.parsed, '$.sorder_id') IS NULL OR NOT EXISTS (
                 SELECT 1 FROM staged_record s WHERE s.entity = 'sales_order' AND s.current = 1
-                  AND s.parsed IS NOT NULL AND s.key = CAST(json_extract(m.parsed, '$.sorder_id') AS TEXT)))
-            ORDER BY m.key""").fetchall()
+                  AND s.parsed IS NOT NULL AND s.key = CAST(json_extract(m.parsed, '$.sorder_id') AS TEXT)))"""
+        if candidates is None:
+            orphans = c.execute(sql + " ORDER BY m.key").fetchall()
+        else:
+            orphans = []
+            for start in range(0, len(candidates), 500):
+                part = candidates[start:start + 500]
+                orphans += c.execute(sql + f" AND m.key IN ({','.join('?' * len(part))})", part).fetchall()
+            orphans.sort()
         kept = [o[:4] for o in orphans if o[1] is None or not o[4]]
-        result.outside_window = len(orphans) - len(kept)
+        if candidates is None:
+            result.outside_window = len(orphans) - len(kept)
+        else:  # all of them, as a full run counts them: from the window's side, through the index
+            result.outside_window = c.execute(
+                "SELECT count(*) FROM order_outside_window w, staged_record m INDEXED BY staged_credit_order"
+                " WHERE m.entity = 'credit_note' AND m.current = 1"
+                " AND json_extract(m.parsed, '$.sorder_id') = CAST(w.key AS INTEGER)").fetchone()[0]
         orphans = kept
         findings = [Finding(
             "refund_gap",
@@ -387,7 +405,7 @@ class _MapRun:
         return reads
 
     def orders(self, result: EntityResult, keys: set[str] | None = None) -> None:
-        self.index_credit_notes(result)
+        self.index_credit_notes(result, keys is not None)
         total = staging.count_current(self.conn, "sales_order") if keys is None else len(keys)
         done = 0
         for batch in _parsed_pages(self.conn, "sales_order", keys, self.batch_size):
@@ -464,8 +482,24 @@ class _MapRun:
             if moved:
                 keys.update(str(company) for company in contact_index.companies_of(self.conn, moved))
             return keys
+        self.credit_candidates = self._credit_candidates(changed, mark.staged_run)
         reads = self.invalidated(changed) | {("contact", str(c)) for c in moved}
         return map_state.readers(self.conn, reads, "order") | {k for e, k in reads if e == "sales_order"}
+
+    def _credit_candidates(self, changed: list[tuple[str, str]], after: int) -> set[str]:
+        """The credit notes whose refund gap may have opened or closed since the mark: those
+        staged since, those of the orders staged since, and those of orders a pull --since has
+        listed outside its window since (any other note's order is as it was)."""
+        notes = {k for e, k in changed if e == "credit_note"}
+        orders = sorted({int(k) for e, k in changed if e == "sales_order" and k.isdigit()} | {
+            int(k) for (k,) in self.conn.execute("SELECT key FROM order_outside_window WHERE run_id > ?", (after,))
+            if k.isdigit()})
+        for start in range(0, len(orders), 500):
+            part = orders[start:start + 500]
+            notes.update(k for (k,) in self.conn.execute(
+                "SELECT key FROM staged_record INDEXED BY staged_credit_order WHERE entity = 'credit_note'"
+                f" AND current = 1 AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))})", part))
+        return notes
 
     def scope_of(self, name: str, keys: set[str]) -> set[tuple[str, str]]:
         """The (entity, key) pairs an incremental run of ``name`` looked at again."""
@@ -495,6 +529,8 @@ class _MapRun:
             return
         for type_, entity in WHOLE_STORE_FINDINGS[name]:
             self.store.resolve_unseen_exceptions(self.run_id, STAGE, [type_], entity=entity)
+        if name == "orders":
+            scope = scope | {("credit_note", k) for k in self.credit_candidates}
         c = self.conn
         c.execute("DROP TABLE IF EXISTS temp.map_scope")
         c.execute("CREATE TEMP TABLE map_scope (entity TEXT, key TEXT, PRIMARY KEY (entity, key)) WITHOUT ROWID")
@@ -560,7 +596,7 @@ def encode(outcome: Outcome) -> outbound.NewVersion:
         outcome.findings.append(Finding("record_too_large", f"{outcome.type} {outcome.id}: {exc}; held",
                                         (f"{entity}:{key}",), entity, key, {"bytes": exc.size}))
     return outbound.NewVersion(outcome.type, outcome.id, wire.content_hash(body), body,
-                               json.dumps(lineage_json(outcome.lineage)), "held" if outcome.hold else "ready",
+                               orjson.dumps(lineage_json(outcome.lineage)).decode(), "held" if outcome.hold else "ready",
                                outcome.hold)
 
 

@@ -92,6 +92,21 @@ def replace_reads(conn: sqlite3.Connection, type_: str, reads: dict[str, set[Rea
                      ((codes[e], k, type_code, i) for i, keys in reads.items() for e, k in keys))
 
 
+def read_keys(conn: sqlite3.Connection, type_: str, ids: Iterable[str], entity: str) -> set[str]:
+    """The keys of ``entity`` these ``type_`` records read (a record's credit notes, say)."""
+    codes = _codes(conn, {type_, entity})
+    found: set[str] = set()
+    if type_ not in codes or entity not in codes:
+        return found
+    ordered = sorted(set(ids))
+    for start in range(0, len(ordered), 500):
+        part = ordered[start:start + 500]
+        found.update(k for (k,) in conn.execute(
+            f"SELECT key FROM map_read INDEXED BY map_read_record WHERE type = ? AND id IN ({','.join('?' * len(part))})"
+            " AND entity = ?", (codes[type_], *part, codes[entity])))
+    return found
+
+
 def all_reads(conn: sqlite3.Connection, type_: str, id_: str) -> set[Read]:
     """What one record read, by name (for tests and tracing)."""
     return set(conn.execute("SELECT e.name, r.key FROM map_read r JOIN map_read_name e ON e.code = r.entity"

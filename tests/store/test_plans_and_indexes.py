@@ -148,6 +148,7 @@ def _lookups(conn: sqlite3.Connection, store: StateStore) -> None:
     map_state.aliases(conn, "sales_order", "3")
     map_state.readers(conn, [("stock_item", "300"), ("contact", "7001")], "order")
     map_state.replace_reads(conn, "order", {"3": {("stock_item", "300")}})
+    map_state.read_keys(conn, "order", ["3", "4"], "stock_item")
     map_state.get_mark(conn, "orders")
     map_state.shared_decisions(conn, "orders")
     staging.current_of(conn, "sales_order", ["1", "2"])
