@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from khaosync.config import Profile
 from khaosync.findings import TYPES, owner_of, severity_of
-from khaosync.khaos import staged
+from khaosync.khaos import staged as canonical  # staged canonical JSON read at C speed
 from khaosync.khaos.models import Company, CreditNote, SalesOrder, StockItem
 from khaosync.mapping.contacts import Member, SharedEmails, consent_for, email_key, map_company
 from khaosync.mapping.orders import Catalogue, CustomerRef, map_sales_order
@@ -380,7 +380,7 @@ class _MapRun:
                     "SELECT json_extract(parsed, '$.sorder_id'), parsed, version FROM staged_record"
                     " INDEXED BY staged_credit_order WHERE entity = 'credit_note' AND current = 1"
                     f" AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))}) ORDER BY 1, key", part):
-                note = staged.credit_note(parsed) or CreditNote.model_validate_json(parsed)
+                note = canonical.credit_note(parsed) or CreditNote.model_validate_json(parsed)
                 notes.setdefault(sorder_id, []).append((note, version))
         return notes
 
@@ -419,7 +419,7 @@ class _MapRun:
                 if parsed is None:
                     result.skipped_raw += 1
                     continue
-                order = staged.sales_order(parsed)  # canonical text at C speed; else the model reads it
+                order = canonical.sales_order(parsed)  # at C speed; else the model reads it
                 if order is None:
                     try:
                         order = SalesOrder.model_validate_json(parsed)
