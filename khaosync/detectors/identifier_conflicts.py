@@ -20,6 +20,7 @@ from typing import Iterator
 
 from khaosync.detectors import Check, DetectorContext, Finding, Narrowed, ref
 from khaosync.detectors.scratch import fill
+from khaosync.store import map_state
 
 TYPE = "identifier_conflict"
 
@@ -96,9 +97,9 @@ def _holders(conn, emails: set[str]) -> set[str]:
 
 def _index_is_current(conn) -> bool:
     """The contact index holds every company staged so far (sync's map refreshed it)."""
-    row = conn.execute("SELECT staged_run FROM map_mark WHERE entity = 'contact_index'").fetchone()
+    mark = map_state.get_mark(conn, "contact_index")
     latest = conn.execute("SELECT coalesce(max(run_id), 0) FROM staged_record WHERE entity = 'company'").fetchone()[0]
-    return row is not None and row[0] >= latest
+    return mark is not None and mark.staged_run >= latest
 
 
 def shared_emails_nightly(ctx: DetectorContext, changed: dict[str, set[str]]) -> Iterator[Finding] | Narrowed | None:

@@ -491,11 +491,17 @@ class _MapRun:
         staged since, those of the orders staged since, and those of orders a pull --since has
         listed outside its window since (any other note's order is as it was)."""
         notes = {k for e, k in changed if e == "credit_note"}
-        orders = sorted({int(k) for e, k in changed if e == "sales_order" and k.isdigit()} | {
+        orders = {int(k) for e, k in changed if e == "sales_order" and k.isdigit()} | {
             int(k) for (k,) in self.conn.execute("SELECT key FROM order_outside_window WHERE run_id > ?", (after,))
-            if k.isdigit()})
-        for start in range(0, len(orders), 500):
-            part = orders[start:start + 500]
+            if k.isdigit()}
+        return notes | self._notes_of_orders(orders)
+
+    def _notes_of_orders(self, sorder_ids: Iterable[int]) -> set[str]:
+        """The keys of the current credit notes of these sales orders (through the index)."""
+        notes: set[str] = set()
+        ordered = sorted(set(sorder_ids))
+        for start in range(0, len(ordered), 500):
+            part = ordered[start:start + 500]
             notes.update(k for (k,) in self.conn.execute(
                 "SELECT key FROM staged_record INDEXED BY staged_credit_order WHERE entity = 'credit_note'"
                 f" AND current = 1 AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))})", part))
@@ -511,14 +517,8 @@ class _MapRun:
                 for text in map_state.versions(self.conn, "company", key):
                     scope.update(DERIVED_KEYS["company"](json.loads(text)))
             return scope
-        scope = {("sales_order", k) for k in keys}
-        numeric = sorted(int(k) for k in keys if k.isdigit())
-        for start in range(0, len(numeric), 500):
-            part = numeric[start:start + 500]
-            scope.update(("credit_note", str(r[0])) for r in self.conn.execute(
-                "SELECT key FROM staged_record INDEXED BY staged_credit_order WHERE entity = 'credit_note'"
-                f" AND current = 1 AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))})", part))
-        return scope
+        return {("sales_order", k) for k in keys} | {
+            ("credit_note", k) for k in self._notes_of_orders(int(k) for k in keys if k.isdigit())}
 
     def resolve(self, name: str, scope: set[tuple[str, str]] | None) -> None:
         """Close the findings this run no longer saw: all of the entity's (a full run), or only
