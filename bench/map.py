@@ -189,14 +189,19 @@ class Synth:
         self.flush()
 
 
+def remove_store(path: Path) -> None:
+    """A state file and its WAL, shared memory and lock, gone (a fresh start or a clean-up)."""
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
 def synthesise(orders: int, seed: int) -> Path:
     state = FOLDER / f"map-{orders}-{seed}.db"
     if state.exists():
         return state
     FOLDER.mkdir(parents=True, exist_ok=True)
     partial = state.with_suffix(".partial.db")
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(partial) + suffix).unlink(missing_ok=True)
+    remove_store(partial)
     started = time.perf_counter()
     with open_store(partial) as store:
         synth = Synth(store, seed)
@@ -216,8 +221,7 @@ def worker(state: Path) -> dict:
     from khaosync.stages.map import map_records
 
     work = state.with_name(state.stem + "-work.db")
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(work) + suffix).unlink(missing_ok=True)
+    remove_store(work)
     shutil.copyfile(state, work)  # a fresh copy: outbound starts empty
     profile = sandbox_profile(state=str(work))
     figures: dict = {}
@@ -232,8 +236,7 @@ def worker(state: Path) -> dict:
                           "orders_staged": orders.staged, "written": sum(r.mapped for r in result.entities.values()),
                           "orders_per_cpu_s": round(orders.staged / cpu)}  # per core: map runs on one
     figures["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(work) + suffix).unlink(missing_ok=True)
+    remove_store(work)
     return figures
 
 

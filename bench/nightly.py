@@ -89,8 +89,7 @@ def history(orders: int, seed: int) -> Path:
         return state
     FOLDER.mkdir(parents=True, exist_ok=True)
     partial = state.with_suffix(".partial.db")
-    for suffix in ("", "-wal", "-shm", ".lock"):
-        Path(str(partial) + suffix).unlink(missing_ok=True)
+    map_bench.remove_store(partial)
     started = time.perf_counter()
     profile = sandbox_profile(state=str(partial))
     with open_store(partial) as store:
@@ -189,8 +188,7 @@ def worker(state: Path, orders: int, nights: int, seed: int, in_place: bool = Fa
     work = state if in_place else state.with_name(state.stem + "-work.db")
     emulated = state.with_name(state.stem + "-ometria.db")
     for path in (emulated,) if in_place else (work, emulated):
-        for suffix in ("", "-wal", "-shm", ".lock"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
+        map_bench.remove_store(path)
     if not in_place:
         shutil.copyfile(state, work)
     profile = sandbox_profile(state=str(work))
@@ -243,8 +241,7 @@ def worker(state: Path, orders: int, nights: int, seed: int, in_place: bool = Fa
         })
     emulator.close()
     for path in (emulated,) if in_place else (work, emulated):
-        for suffix in ("", "-wal", "-shm", ".lock"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
+        map_bench.remove_store(path)
     return figures
 
 
