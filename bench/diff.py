@@ -10,10 +10,8 @@ comparison and the plan writes.
 
     .venv/bin/python bench/diff.py                   # 1,000,000 orders
     .venv/bin/python bench/diff.py --orders 100000   # a quick look
-    .venv/bin/python bench/diff.py --covering-index  # with indexes that hold (type, id, hash, state)
 
-``--covering-index`` measures what a schema migration adding those indexes would buy: the
-merge-join then reads two small indexes instead of every row of two tables of bodies.
+The merge-join reads two small indexes in id order (schema migration 11), not the tables of bodies.
 """
 
 from __future__ import annotations
@@ -104,17 +102,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--changed", type=float, default=0.01)
-    parser.add_argument("--covering-index", action="store_true",
-                        help="add (type, id, content_hash, state) indexes before diffing (not in the schema yet)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="khaosync-bench-diff-") as folder:
         profile = sandbox_profile(state=str(Path(folder) / "state.db"), sandbox_path=str(Path(folder) / "none"))
         with open_store(profile.state) as store:
             synthesise(store, args.orders)
-            if args.covering_index:
-                store.conn.execute("CREATE INDEX outbound_diff ON outbound_record(type, id, content_hash, state, "
-                                   "hold_reason)")
-                store.conn.execute("CREATE INDEX ledger_diff ON ledger(type, id, content_hash)")
             # The diffs write plans: the mapping file is not needed (void wording falls back to "cancelled").
             print(f"diff of {args.orders:,} orders against the ledger")
             run_diff(store, profile, args.orders, "nothing changed")

@@ -5,6 +5,58 @@ Each migration runs in its own transaction and bumps ``PRAGMA user_version``.
 
 from __future__ import annotations
 
+_LEDGER_VIEW = """\
+        -- One table and a subquery (no join), so a query joining the view still uses its indexes.
+        CREATE VIEW ledger AS
+            SELECT l.type, l.id, l.content_hash,
+                   coalesce(l.body, (SELECT o.body FROM outbound_record o WHERE o.type = l.type AND o.id = l.id)) AS body,
+                   l.batch_id, l.request_id, l.accepted_at, l.verified_at
+            FROM ledger_entry l;
+
+        CREATE TRIGGER outbound_insert_keeps_ledger_body BEFORE INSERT ON outbound_record
+        WHEN EXISTS (SELECT 1 FROM ledger_entry WHERE type = new.type AND id = new.id AND body IS NULL)
+        BEGIN  -- an upsert or INSERT OR REPLACE over the row the ledger shares
+            UPDATE ledger_entry SET body = (SELECT o.body FROM outbound_record o WHERE o.type = new.type AND o.id = new.id)
+                WHERE type = new.type AND id = new.id AND body IS NULL
+                AND (SELECT o.body FROM outbound_record o WHERE o.type = new.type AND o.id = new.id) IS NOT new.body;
+        END;
+        CREATE TRIGGER outbound_update_keeps_ledger_body BEFORE UPDATE ON outbound_record
+        WHEN old.body IS NOT new.body OR old.type IS NOT new.type OR old.id IS NOT new.id
+        BEGIN
+            UPDATE ledger_entry SET body = old.body WHERE type = old.type AND id = old.id AND body IS NULL;
+        END;
+        CREATE TRIGGER outbound_delete_keeps_ledger_body BEFORE DELETE ON outbound_record
+        BEGIN
+            UPDATE ledger_entry SET body = old.body WHERE type = old.type AND id = old.id AND body IS NULL;
+        END;
+
+        CREATE TRIGGER ledger_insert INSTEAD OF INSERT ON ledger
+        BEGIN
+            SELECT RAISE(ABORT, 'NOT NULL constraint failed: ledger.body') WHERE new.body IS NULL;
+            INSERT INTO ledger_entry(type, id, content_hash, body, batch_id, request_id, accepted_at, verified_at)
+                VALUES (new.type, new.id, new.content_hash,
+                        nullif(new.body, (SELECT o.body FROM outbound_record o WHERE o.type = new.type AND o.id = new.id)),
+                        new.batch_id, new.request_id, new.accepted_at, new.verified_at);
+        END;
+        CREATE TRIGGER ledger_update INSTEAD OF UPDATE ON ledger
+        BEGIN
+            SELECT RAISE(ABORT, 'NOT NULL constraint failed: ledger.body') WHERE new.body IS NULL;
+            UPDATE ledger_entry SET type = new.type, id = new.id, content_hash = new.content_hash,
+                body = CASE WHEN new.body IS old.body AND new.type IS old.type AND new.id IS old.id THEN body
+                            ELSE nullif(new.body, (SELECT o.body FROM outbound_record o
+                                                   WHERE o.type = new.type AND o.id = new.id)) END,
+                batch_id = new.batch_id, request_id = new.request_id, accepted_at = new.accepted_at,
+                verified_at = new.verified_at
+                WHERE type = old.type AND id = old.id;
+        END;
+        CREATE TRIGGER ledger_delete INSTEAD OF DELETE ON ledger
+        BEGIN
+            DELETE FROM ledger_entry WHERE type = old.type AND id = old.id;
+        END;
+"""
+"""The ``ledger`` view over ``ledger_entry`` and the triggers that keep a shared body (migration 8;
+made again when migration 11 rebuilds ``ledger_entry``)."""
+
 MIGRATIONS: list[tuple[str, str]] = [
     (
         "runs, staged ERP records with history, bookmarks, exceptions",
@@ -367,53 +419,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             FROM ledger l;
         DROP TABLE ledger;
         CREATE INDEX ledger_request ON ledger_entry(request_id) WHERE request_id IS NOT NULL;
-        -- One table and a subquery (no join), so a query joining the view still uses its indexes.
-        CREATE VIEW ledger AS
-            SELECT l.type, l.id, l.content_hash,
-                   coalesce(l.body, (SELECT o.body FROM outbound_record o WHERE o.type = l.type AND o.id = l.id)) AS body,
-                   l.batch_id, l.request_id, l.accepted_at, l.verified_at
-            FROM ledger_entry l;
-
-        CREATE TRIGGER outbound_insert_keeps_ledger_body BEFORE INSERT ON outbound_record
-        WHEN EXISTS (SELECT 1 FROM ledger_entry WHERE type = new.type AND id = new.id AND body IS NULL)
-        BEGIN  -- an upsert or INSERT OR REPLACE over the row the ledger shares
-            UPDATE ledger_entry SET body = (SELECT o.body FROM outbound_record o WHERE o.type = new.type AND o.id = new.id)
-                WHERE type = new.type AND id = new.id AND body IS NULL
-                AND (SELECT o.body FROM outbound_record o WHERE o.type = new.type AND o.id = new.id) IS NOT new.body;
-        END;
-        CREATE TRIGGER outbound_update_keeps_ledger_body BEFORE UPDATE ON outbound_record
-        WHEN old.body IS NOT new.body OR old.type IS NOT new.type OR old.id IS NOT new.id
-        BEGIN
-            UPDATE ledger_entry SET body = old.body WHERE type = old.type AND id = old.id AND body IS NULL;
-        END;
-        CREATE TRIGGER outbound_delete_keeps_ledger_body BEFORE DELETE ON outbound_record
-        BEGIN
-            UPDATE ledger_entry SET body = old.body WHERE type = old.type AND id = old.id AND body IS NULL;
-        END;
-
-        CREATE TRIGGER ledger_insert INSTEAD OF INSERT ON ledger
-        BEGIN
-            SELECT RAISE(ABORT, 'NOT NULL constraint failed: ledger.body') WHERE new.body IS NULL;
-            INSERT INTO ledger_entry(type, id, content_hash, body, batch_id, request_id, accepted_at, verified_at)
-                VALUES (new.type, new.id, new.content_hash,
-                        nullif(new.body, (SELECT o.body FROM outbound_record o WHERE o.type = new.type AND o.id = new.id)),
-                        new.batch_id, new.request_id, new.accepted_at, new.verified_at);
-        END;
-        CREATE TRIGGER ledger_update INSTEAD OF UPDATE ON ledger
-        BEGIN
-            SELECT RAISE(ABORT, 'NOT NULL constraint failed: ledger.body') WHERE new.body IS NULL;
-            UPDATE ledger_entry SET type = new.type, id = new.id, content_hash = new.content_hash,
-                body = CASE WHEN new.body IS old.body AND new.type IS old.type AND new.id IS old.id THEN body
-                            ELSE nullif(new.body, (SELECT o.body FROM outbound_record o
-                                                   WHERE o.type = new.type AND o.id = new.id)) END,
-                batch_id = new.batch_id, request_id = new.request_id, accepted_at = new.accepted_at,
-                verified_at = new.verified_at
-                WHERE type = old.type AND id = old.id;
-        END;
-        CREATE TRIGGER ledger_delete INSTEAD OF DELETE ON ledger
-        BEGIN
-            DELETE FROM ledger_entry WHERE type = old.type AND id = old.id;
-        END;
+""" + _LEDGER_VIEW + """\
         """,
     ),
     (
@@ -472,6 +478,37 @@ MIGRATIONS: list[tuple[str, str]] = [
         -- A sales order's credit notes, for the orders a night maps again.
         CREATE INDEX staged_credit_order ON staged_record(json_extract(parsed, '$.sorder_id'))
             WHERE entity = 'credit_note' AND current = 1;
+        """,
+    ),
+    (
+        "a whole diff reads two small indexes in id order, not the tables of bodies",
+        """
+        -- diff merges outbound_record and the ledger by (type, id), comparing content hashes: one
+        -- index holds what it reads of an outbound record, and the ledger's entries are kept in
+        -- their key's order (WITHOUT ROWID: the table is its own index, and the separate key
+        -- index goes). The view and its triggers are made again over the rebuilt table.
+        DROP VIEW ledger;
+        DROP TRIGGER outbound_insert_keeps_ledger_body;
+        DROP TRIGGER outbound_update_keeps_ledger_body;
+        DROP TRIGGER outbound_delete_keeps_ledger_body;
+        CREATE TABLE ledger_entry_keyed (
+            type         TEXT NOT NULL,
+            id           TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            body         BLOB,              -- NULL: byte for byte outbound_record's body (type, id)
+            batch_id     INTEGER REFERENCES push_batch(id),
+            request_id   TEXT,
+            accepted_at  TEXT NOT NULL,
+            verified_at  TEXT,              -- read back from Ometria and found equal
+            PRIMARY KEY (type, id)
+        ) WITHOUT ROWID;
+        INSERT INTO ledger_entry_keyed(type, id, content_hash, body, batch_id, request_id, accepted_at, verified_at)
+            SELECT type, id, content_hash, body, batch_id, request_id, accepted_at, verified_at FROM ledger_entry;
+        DROP TABLE ledger_entry;
+        ALTER TABLE ledger_entry_keyed RENAME TO ledger_entry;
+        CREATE INDEX ledger_request ON ledger_entry(request_id) WHERE request_id IS NOT NULL;
+""" + _LEDGER_VIEW + """\
+        CREATE INDEX outbound_diff ON outbound_record(type, id, content_hash, state, hold_reason);
         """,
     ),
 ]

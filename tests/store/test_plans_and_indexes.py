@@ -9,6 +9,7 @@ import pytest
 from khaosync.config import sandbox_profile
 from khaosync.errors import KhaosyncError
 from khaosync.ometria import wire
+from khaosync.stages.diff import diff_records
 from khaosync.stages.push import push_plan
 from khaosync.store import StateStore, contact_index, journal, map_state, open_store, outbound, plans, staging
 from khaosync.store import schema
@@ -180,6 +181,27 @@ def test_every_hot_lookup_uses_an_index(tmp_path):
         assert scans == []
         ledger_plan = [r[3] for r in store.conn.execute(
             "EXPLAIN QUERY PLAN SELECT type, id FROM ledger WHERE request_id = 'x'")]
-        assert any("USING INDEX ledger_request" in d for d in ledger_plan)
+        assert any("INDEX ledger_request" in d for d in ledger_plan)
+    finally:
+        store.close()
+
+
+def test_a_whole_diff_reads_indexes_not_the_tables_of_bodies(tmp_path):
+    # The merge of outbound records and the ledger reads every record of a type: from an index
+    # that holds (id, hash, state) and the ledger kept in key order, not from rows of bodies.
+    store = _filled(tmp_path)
+    statements: list[str] = []
+    try:
+        profile = sandbox_profile(state=str(tmp_path / "state.db"), sandbox_path=str(tmp_path / "none"))
+        store.conn.set_trace_callback(statements.append)
+        result = diff_records(store, profile, "orders", detect=False)
+        store.conn.set_trace_callback(None)
+        assert result.counts["unchanged"] == 50
+        merges = [sql for sql in statements if sql.lstrip().startswith("SELECT") and sql.rstrip().endswith("ORDER BY id")]
+        plans_of = {sql: [row[3] for row in store.conn.execute("EXPLAIN QUERY PLAN " + sql)] for sql in merges}
+        assert len(plans_of) == 2
+        for sql, details in plans_of.items():
+            assert details in (["SEARCH outbound_record USING COVERING INDEX outbound_diff (type=?)"],
+                               ["SEARCH l USING PRIMARY KEY (type=?)"]), (sql, details)
     finally:
         store.close()
