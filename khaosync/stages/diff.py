@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, Iterable, Iterator
 
 from khaosync.config import Profile
@@ -59,6 +61,7 @@ CHANGES = ("new", "changed", "unchanged", "void", "held")
 MERGED_TYPES = frozenset({"contact", "product", "order"})  # Ometria merges the fields sent into what it holds
 DIRECTIVES = frozenset({"@merge", "@force_optin", "@add_to_lists", "@remove_from_lists"})
 _PLAN_BATCH = 1000
+_MERGE_BLOCK = 2048  # rows a whole diff reads of each side at a time
 
 
 class _Missing:
@@ -390,38 +393,56 @@ class _Differ:
 
     # -- against the ledger ---------------------------------------------------------------------
     def against_ledger(self, keys: list[str] | None, *, candidates: bool = False) -> None:
-        # A hand-written two-way merge over raw cursor rows: this loop is the whole cost of a
-        # full diff, so an unchanged record costs two fetched rows and one comparison.
-        # ``candidates``: only the ids in temp.diff_candidate (a nightly diff after an
-        # incremental map), however many they are.
+        # This is the whole cost of a full diff. Both sides are read in id order from small indexes,
+        # a block at a time, as (id, hash) pairs, the outbound hash only when the record is ready: a
+        # pair on both sides is a record unchanged since Ometria accepted it. A block's pairs are
+        # matched as sets (in C); only what is left is looked at one by one, in id order.
+        # ``candidates``: only the ids in temp.diff_candidate (a nightly diff after an incremental
+        # map), however many they are.
         extra, args = (" AND id IN (SELECT id FROM temp.diff_candidate)", []) if candidates else _keys_clause(keys)
-        outs = self.conn.execute(f"SELECT id, content_hash, state, hold_reason FROM outbound_record "
+        outs = self.conn.execute(f"SELECT id, iif(state = 'ready', content_hash, NULL) FROM outbound_record "
                                  f"WHERE type = ?{extra} ORDER BY id", [self.type, *args])
         sent = self.conn.execute(f"SELECT id, content_hash FROM ledger WHERE type = ?{extra} ORDER BY id",
                                  [self.type, *args])
-        unchanged = 0
-        o, s = next(outs, None), next(sent, None)
-        while o is not None and s is not None:
-            if o[0] == s[0]:
-                if o[2] == "ready" and o[1] == s[1]:
-                    unchanged += 1
-                else:
-                    self._both(o)
-                o, s = next(outs, None), next(sent, None)
-            elif o[0] < s[0]:
-                self._outbound_only(o)
-                o = next(outs, None)
-            else:
-                self._ledger_only(s)
-                s = next(sent, None)
-        while o is not None:
-            self._outbound_only(o)
-            o = next(outs, None)
-        while s is not None:
-            self._ledger_only(s)
-            s = next(sent, None)
+        unchanged, theirs, sent_done = 0, [], False
+        while block := outs.fetchmany(_MERGE_BLOCK):
+            last = block[-1][0]
+            while not sent_done and (not theirs or theirs[-1][0] <= last):
+                more = sent.fetchmany(_MERGE_BLOCK)
+                sent_done = not more
+                theirs.extend(more)
+            upto = bisect_right(theirs, last, key=itemgetter(0))
+            unchanged += self._merge_block(block, theirs[:upto])
+            del theirs[:upto]
+        for row in theirs:
+            self._ledger_only(row)
+        for row in sent:
+            self._ledger_only(row)
         self.result.counts["unchanged"] += unchanged
         self.flush()
+
+    def _merge_block(self, ours: list[tuple], theirs: list[tuple]) -> int:
+        """Outbound pairs and the ledger's pairs over the same ids: the unchanged count; every other
+        record decided here, in id order."""
+        same = set(ours).intersection(theirs)
+        if len(same) == len(ours) == len(theirs):
+            return len(same)
+        our_rest = [o[0] for o in ours if o not in same]
+        their_rest = {s[0] for s in theirs if s not in same}
+        rows = {}
+        for at in range(0, len(our_rest), 500):
+            chunk = our_rest[at:at + 500]
+            rows.update((r[0], r) for r in self.conn.execute(
+                f"SELECT id, content_hash, state, hold_reason FROM outbound_record WHERE type = ? "
+                f"AND id IN ({','.join('?' * len(chunk))})", [self.type, *chunk]))
+        for id_ in sorted(their_rest.union(our_rest)):
+            if id_ not in rows:
+                self._ledger_only((id_,))
+            elif id_ in their_rest:
+                self._both(rows[id_])
+            else:
+                self._outbound_only(rows[id_])
+        return len(same)
 
     def _outbound_only(self, row: tuple) -> None:
         if row[2] == "ready":

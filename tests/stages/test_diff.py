@@ -155,6 +155,47 @@ def test_every_kind_of_change_against_the_ledger_and_the_plan_push_reads(store, 
     assert journal.pending_count(store.conn, plan.id, "order") == 4
 
 
+KINDS = {  # how a record stands on each side -> what the diff makes of it (as in the test above)
+    "new": "new", "changed": "changed", "same": "unchanged", "same-value": "unchanged", "held-sent": "void",
+    "gone": "void", "void-already": "unchanged", "held-never-sent": None}
+ids = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(ids, st.sampled_from(sorted(KINDS)), max_size=40), st.integers(1, 6))
+def test_a_whole_diff_decides_every_record_as_it_stands_whatever_the_block_size(tmp_path_factory, kinds, block):
+    # The merge reads both sides a block at a time and matches pairs as sets: records on either
+    # side only, and ids in any order of characters, must come out as one record at a time would.
+    folder = tmp_path_factory.mktemp("merge")
+    profile = sandbox_profile(state=str(folder / "state.db"), sandbox_path=str(folder / "none"))
+    with open_store(folder / "state.db") as store:
+        store.run = store.start_run("map", "sandbox")
+        for id_, kind in kinds.items():
+            if kind in ("changed", "same", "held-sent", "gone"):
+                accepted(store, order(id_))
+            if kind == "same-value":
+                accepted(store, order(id_, grand_total=D("10.0")))
+            if kind == "void-already":
+                accepted(store, order(id_, status="refunded", is_valid=False))
+            if kind in ("new", "same", "same-value"):
+                outbound(store, order(id_))
+            if kind == "changed":
+                outbound(store, order(id_, status="complete"))
+            if kind in ("held-sent", "held-never-sent"):
+                outbound(store, order(id_, grand_total=D("10.01")), state="held", reason="held here")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("khaosync.stages.diff._MERGE_BLOCK", block)
+            result = diff_records(store, profile, "orders", detect=False)
+        expected = {c: 0 for c in ("new", "changed", "unchanged", "void", "held")}
+        for kind in kinds.values():
+            if KINDS[kind]:
+                expected[KINDS[kind]] += 1
+        assert result.counts == expected
+        listed = [(id_, KINDS[kinds[id_]]) for id_ in sorted(kinds) if KINDS[kinds[id_]] not in (None, "unchanged")]
+        assert [(r.key, r.change) for r in result.records] == listed
+        assert sorted(i for _, i, *_ in plans.plan_records(store.conn, result.plan_id)) == sorted(i for i, _ in listed)
+
+
 def test_a_new_diff_supersedes_the_open_plan_of_its_scope_only(store, profile):
     outbound(store, order("A"))
     outbound(store, {"@type": "product", "id": "P1", "title": "Mug"})
