@@ -482,14 +482,19 @@ class _MapRun:
             if moved:
                 keys.update(str(company) for company in contact_index.companies_of(self.conn, moved))
             return keys
-        self.credit_candidates = self._credit_candidates(changed, mark.staged_run)
         reads = self.invalidated(changed) | {("contact", str(c)) for c in moved}
-        return map_state.readers(self.conn, reads, "order") | {k for e, k in reads if e == "sales_order"}
+        keys = map_state.readers(self.conn, reads, "order") | {k for e, k in reads if e == "sales_order"}
+        # The notes of every order looked at again are in the run's scope (``scope_of``): their
+        # refund gaps are answered too, or a gap still open would be closed unseen.
+        self.credit_candidates = self._credit_candidates(changed, mark.staged_run) | self._notes_of_orders(
+            int(k) for k in keys if k.isdigit())
+        return keys
 
     def _credit_candidates(self, changed: list[tuple[str, str]], after: int) -> set[str]:
         """The credit notes whose refund gap may have opened or closed since the mark: those
         staged since, those of the orders staged since, and those of orders a pull --since has
-        listed outside its window since (any other note's order is as it was)."""
+        listed outside its window since (any other note's order is as it was). ``dirty`` adds
+        the notes of the orders it maps again: they are in the run's scope."""
         notes = {k for e, k in changed if e == "credit_note"}
         orders = {int(k) for e, k in changed if e == "sales_order" and k.isdigit()} | {
             int(k) for (k,) in self.conn.execute("SELECT key FROM order_outside_window WHERE run_id > ?", (after,))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from khaosync.config import sandbox_profile
@@ -51,6 +51,17 @@ def mapped_once(planted, tmp_path_factory) -> Path:
 def _keys(conn, entity: str) -> list[str]:
     return [k for (k,) in conn.execute("SELECT key FROM staged_record WHERE entity = ? AND current = 1 AND parsed"
                                        " IS NOT NULL ORDER BY key", (entity,))]
+
+
+def _raw_only(conn) -> list[str]:
+    return [k for (k,) in conn.execute("SELECT key FROM staged_record WHERE entity = 'sales_order' AND current = 1 AND"
+                                       " parsed IS NULL ORDER BY key")]
+
+
+def _last_readable(conn, key: str) -> dict | None:
+    row = conn.execute("SELECT parsed FROM staged_record WHERE entity = 'sales_order' AND key = ? AND parsed IS NOT"
+                       " NULL ORDER BY version DESC LIMIT 1", (key,)).fetchone()
+    return None if row is None else json.loads(row[0])
 
 
 def _seen_at(run_id: int) -> str:
@@ -134,6 +145,19 @@ def apply(conn, run_id: int, op: tuple[str, int, int]) -> None:
         note = staging.current(conn, "credit_note", notes[a % len(notes)]).parsed
         note["sorder_id"] = int(orders[b % len(orders)]) if b % 5 else 888888
         _stage(conn, run_id, "credit_note", str(note["credit_id"]), note)
+    elif kind == "credit_to_raw_only" and notes and _raw_only(conn):  # a note now points at an unreadable order
+        note = staging.current(conn, "credit_note", notes[a % len(notes)]).parsed
+        raw_only = _raw_only(conn)
+        note["sorder_id"] = int(raw_only[b % len(raw_only)])
+        _stage(conn, run_id, "credit_note", str(note["credit_id"]), note)
+    elif kind == "stock_rename_of_raw_only":  # an item an order last named before it became unreadable
+        lasts = [d for d in map(lambda k: _last_readable(conn, k), _raw_only(conn)) if d is not None and d["lines"]]
+        if lasts:
+            last = lasts[b % len(lasts)]
+            item = staging.current(conn, "stock_item", str(last["lines"][0]["stock_id"]))
+            if item is not None and item.parsed is not None:
+                renamed = {**item.parsed, "stock_code": f"{item.parsed['stock_code']}-U{b}"}
+                _stage(conn, run_id, "stock_item", str(renamed["stock_id"]), renamed)
     elif kind == "credit_new" and notes:
         note = staging.current(conn, "credit_note", notes[a % len(notes)]).parsed
         note.update(credit_id=700000 + b, credit_code=f"CR-NEW-{b}", sorder_id=order["sorder_id"])
@@ -143,7 +167,7 @@ def apply(conn, run_id: int, op: tuple[str, int, int]) -> None:
 KINDS = ["order_ref", "order_despatched", "order_qty", "order_product", "order_pending_product", "order_raw_only",
          "order_new",
          "order_customer", "company_shared_email", "company_name", "company_opt_out", "company_inactive",
-         "stock_rename", "stock_price", "credit_move", "credit_new"]
+         "stock_rename", "stock_price", "credit_move", "credit_new", "credit_to_raw_only", "stock_rename_of_raw_only"]
 ops = st.tuples(st.sampled_from(KINDS), st.integers(0, 10_000), st.integers(0, 10_000))
 days = st.lists(st.lists(ops, min_size=1, max_size=8), min_size=1, max_size=2)
 
@@ -180,6 +204,9 @@ def run_days(state: Path, plan: list[list[tuple]], *, incremental: bool):
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=days)
+# Found by a longer run: a second note moving to the same unstaged order put the first one's
+# still-open refund gap in the night's scope without answering for it, and closed it.
+@example(plan=[[("credit_move", 0, 0)], [("credit_move", 1, 0)]])
 def test_an_incremental_map_leaves_what_a_full_map_leaves(mapped_once, tmp_path_factory, plan):
     folder = tmp_path_factory.mktemp("example")
     incremental, full = folder / "incremental.db", folder / "full.db"
@@ -192,6 +219,25 @@ def test_an_incremental_map_leaves_what_a_full_map_leaves(mapped_once, tmp_path_
     left, expected = what_it_left(incremental), what_it_left(full)
     assert {k for k in left[0] if left[0][k] != expected[0].get(k)} == set()
     assert set(left[0]) == set(expected[0])
+    assert left[1] - expected[1] == set() and expected[1] - left[1] == set()
+
+
+@pytest.mark.parametrize("later", [
+    [("credit_to_raw_only", 1, 0)], [("stock_rename_of_raw_only", 0, 2)],
+    [("credit_to_raw_only", 2, 0), ("stock_rename_of_raw_only", 0, 0), ("order_raw_only", 7, 0)]])
+def test_an_order_staged_unreadable_is_answered_for_as_a_full_map_answers(mapped_once, tmp_path, later):
+    # What an incremental map keeps of an order whose newest version is raw-only (pull owns its
+    # exception): a credit note that starts to point at it, or a rename of an item it last named,
+    # must come out as a full map and a whole scan say.
+    plan = [[("order_raw_only", 4, 0), ("order_raw_only", 11, 0)], later]
+    incremental, full = tmp_path / "incremental.db", tmp_path / "full.db"
+    shutil.copyfile(mapped_once, incremental)
+    shutil.copyfile(mapped_once, full)
+    by_change = run_days(incremental, plan, incremental=True)
+    by_all = run_days(full, plan, incremental=False)
+    assert by_change.fail_findings == by_all.fail_findings
+    left, expected = what_it_left(incremental), what_it_left(full)
+    assert {k for k in set(left[0]) | set(expected[0]) if left[0].get(k) != expected[0].get(k)} == set()
     assert left[1] - expected[1] == set() and expected[1] - left[1] == set()
 
 
@@ -215,3 +261,5 @@ def test_another_mapping_maps_everything(mapped_once, tmp_path):
         staged = staging.count_current(store.conn, "sales_order", parsed_only=True)
     assert result.incremental == {"products": False, "contacts": False, "orders": False}
     assert result.entities["orders"].staged == staged
+
+
