@@ -22,7 +22,6 @@ from typing import Iterator
 
 from khaosync.detectors import Check, DetectorContext, Finding, amount, ref
 from khaosync.ometria import wire
-from khaosync.store import map_state
 
 TYPE = "refund_gap"
 
@@ -56,20 +55,21 @@ def shows_full_value(doc: dict, full: bool, ctx: DetectorContext) -> bool:
                    for line in doc.get("lineitems") or [])
 
 
-def credit_notes_of(ctx: DetectorContext, keys: set[str], changed_notes: set[str]) -> dict[str, list[tuple[str, Decimal, str]]]:
+def credit_notes_of(ctx: DetectorContext, keys: set[str]) -> dict[str, list[tuple[str, Decimal, str]]]:
     """``credit_notes`` for the sales orders ``keys`` only, without reading every credit note:
-    the ones map attached to them when it last mapped them (``map_read``) and the ones staged
-    since (``changed_notes``), each as it stands now."""
-    conn = ctx.conn
-    candidates = set(changed_notes) | map_state.read_keys(conn, "order", keys, "credit_note")
+    the current notes that point at them now, found through the index on their order id (not
+    through what map last read of an order: one whose newest version is raw-only is not mapped
+    again, and a note that starts to point at it since would be missed)."""
     out: dict[str, list[tuple[str, Decimal, str]]] = {}
-    notes = sorted(candidates)
-    for start in range(0, len(notes), 500):
-        part = notes[start:start + 500]
-        for sorder, key, total, code in conn.execute(
+    # The order id as KC's model holds it (an integer), and as text, should a record carry it so.
+    wanted = sorted({int(k) for k in keys if k.isdigit()}) + sorted(keys)
+    for start in range(0, len(wanted), 500):
+        part = wanted[start:start + 500]
+        for sorder, key, total, code in ctx.conn.execute(
                 "SELECT CAST(json_extract(parsed, '$.sorder_id') AS TEXT), key, json_extract(parsed, '$.total'), "
-                "json_extract(parsed, '$.credit_code') FROM staged_record WHERE entity = 'credit_note' AND current = 1 "
-                f"AND parsed IS NOT NULL AND key IN ({','.join('?' * len(part))})", part):
+                "json_extract(parsed, '$.credit_code') FROM staged_record INDEXED BY staged_credit_order "
+                "WHERE entity = 'credit_note' AND current = 1 AND parsed IS NOT NULL "
+                f"AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))})", part):
             if sorder is not None and sorder in keys:
                 out.setdefault(sorder, []).append((key, _decimal(total), code or key))
     for found in out.values():
@@ -121,10 +121,10 @@ def ledger_gaps(ctx: DetectorContext) -> Iterator[Finding]:
 
 
 def ledger_gaps_of(ctx: DetectorContext, keys: set[str]) -> Iterator[Finding]:
-    """Scoped (sync): ``keys`` are the sales orders map looked at again and every order planned
-    since the last sync (the ledger took those); ``ctx.changed["credit_note"]``, the credit
-    notes staged since. Nothing else can have moved."""
-    notes = credit_notes_of(ctx, keys, ctx.changed.get("credit_note", set()))
+    """Scoped (sync): ``keys`` are the sales orders map looked at again (among them the orders
+    any version of a credit note staged since points at) and every order planned since the last
+    sync (the ledger took those). Nothing else can have moved."""
+    notes = credit_notes_of(ctx, keys)
     return _gaps(ctx, _ledger_body(ctx), notes)
 
 

@@ -105,6 +105,20 @@ def apply(conn, run_id: int, op: tuple[str, int, int]) -> None:
         _stage(conn, run_id, "sales_order", str(order["sorder_id"]), order)
     elif kind == "order_raw_only":
         _stage(conn, run_id, "sales_order", str(order["sorder_id"]), None, b"<SALES_ORDER broken")
+    elif kind == "order_invalid":  # parsed, but not a sales order KC's model reads (map's malformed_record)
+        order["lines"][0]["qty"] = "many"
+        if b % 2:  # and its line names another item
+            order["lines"][0]["stock_id"] = int(items[b % len(items)])
+        _stage(conn, run_id, "sales_order", str(order["sorder_id"]), order)
+    elif kind == "stock_rename_of_invalid":  # an item such an order names
+        invalid = [json.loads(t) for (t,) in conn.execute(
+            "SELECT parsed FROM staged_record WHERE entity = 'sales_order' AND current = 1 AND parsed LIKE"
+            " '%\"qty\":\"many\"%' ORDER BY key")]
+        if invalid:
+            item = staging.current(conn, "stock_item", str(invalid[b % len(invalid)]["lines"][0]["stock_id"]))
+            if item is not None and item.parsed is not None:
+                renamed = {**item.parsed, "stock_code": f"{item.parsed['stock_code']}-I{b}"}
+                _stage(conn, run_id, "stock_item", str(renamed["stock_id"]), renamed)
     elif kind == "order_new":
         new_id = 900000 + b
         order.update(sorder_id=new_id, sorder_code=f"SO-NEW-{b}", associated_ref=f"WEB-NEW-{b}")
@@ -167,7 +181,8 @@ def apply(conn, run_id: int, op: tuple[str, int, int]) -> None:
 KINDS = ["order_ref", "order_despatched", "order_qty", "order_product", "order_pending_product", "order_raw_only",
          "order_new",
          "order_customer", "company_shared_email", "company_name", "company_opt_out", "company_inactive",
-         "stock_rename", "stock_price", "credit_move", "credit_new", "credit_to_raw_only", "stock_rename_of_raw_only"]
+         "stock_rename", "stock_price", "credit_move", "credit_new", "credit_to_raw_only", "stock_rename_of_raw_only",
+         "order_invalid", "stock_rename_of_invalid"]
 ops = st.tuples(st.sampled_from(KINDS), st.integers(0, 10_000), st.integers(0, 10_000))
 days = st.lists(st.lists(ops, min_size=1, max_size=8), min_size=1, max_size=2)
 
@@ -223,13 +238,17 @@ def test_an_incremental_map_leaves_what_a_full_map_leaves(mapped_once, tmp_path_
 
 
 @pytest.mark.parametrize("later", [
-    [("credit_to_raw_only", 1, 0)], [("stock_rename_of_raw_only", 0, 2)],
-    [("credit_to_raw_only", 2, 0), ("stock_rename_of_raw_only", 0, 0), ("order_raw_only", 7, 0)]])
+    [[("credit_to_raw_only", 1, 0)]], [[("stock_rename_of_raw_only", 0, 2)]],
+    [[("credit_to_raw_only", 2, 0), ("stock_rename_of_raw_only", 0, 0), ("order_raw_only", 7, 0)]],
+    [[("order_invalid", 9, 0)], [("stock_rename_of_invalid", 0, 0)]],
+    [[("order_invalid", 9, 0), ("order_invalid", 30, 0)], [("stock_rename_of_invalid", 0, 1), ("order_ref", 9, 0)]],
+    [[("order_invalid", 9, 5)], [("stock_rename_of_invalid", 0, 0)]],
+    [[("order_invalid", 9, 7), ("order_invalid", 12, 13)], [("stock_rename_of_invalid", 1, 1)]]])
 def test_an_order_staged_unreadable_is_answered_for_as_a_full_map_answers(mapped_once, tmp_path, later):
     # What an incremental map keeps of an order whose newest version is raw-only (pull owns its
-    # exception): a credit note that starts to point at it, or a rename of an item it last named,
-    # must come out as a full map and a whole scan say.
-    plan = [[("order_raw_only", 4, 0), ("order_raw_only", 11, 0)], later]
+    # exception) or does not validate (map's): a credit note that starts to point at it, or a
+    # rename of an item it names or last named, must come out as a full map and a whole scan say.
+    plan = [[("order_raw_only", 4, 0), ("order_raw_only", 11, 0)], *later]
     incremental, full = tmp_path / "incremental.db", tmp_path / "full.db"
     shutil.copyfile(mapped_once, incremental)
     shutil.copyfile(mapped_once, full)

@@ -65,7 +65,9 @@ def _left(folder: Path, plan_id: str) -> tuple[set, set, set]:
     return plan, found, ledger
 
 
-@pytest.mark.parametrize("seed", [3, 17, 2026])
+# 102: a credit note moves to an order whose newest version is raw-only, and a later one joins
+# it; the refunds check must list both, though map never maps that order again.
+@pytest.mark.parametrize("seed", [3, 17, 102, 2026])
 def test_a_nightly_sync_plans_counts_and_finds_what_a_whole_sync_does(synced, tmp_path, monkeypatch, seed):
     nightly, whole = tmp_path / "nightly", tmp_path / "whole"
     shutil.copytree(synced, nightly)
