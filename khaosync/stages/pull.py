@@ -19,7 +19,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from khaosync.config import Profile
 from khaosync.errors import RecordError
@@ -31,6 +33,8 @@ from khaosync.khaos.salvage import cut, wrap
 from khaosync.store import StateStore
 from khaosync.store import staging
 from khaosync.store.db import utcnow
+
+_M = TypeVar("_M", bound=BaseModel)
 
 # CLI names -> the staged entity they fill, in the order a full pull runs them.
 ENTITIES: dict[str, str] = {
@@ -368,7 +372,9 @@ class SoapSource:
                 staged = staging.current(self._conn(), "stock_item", keys[-1]) if keys else None
                 if staged is None or staged.parsed is None:
                     continue  # a status for an item not staged as readable: nothing to attach it to
-                item = StockItem.model_validate(staged.parsed)
+                item = _readable(StockItem, staged.parsed)
+                if item is None:
+                    continue  # staged in a form this khaosync's model does not read: map reports it
                 if item.stock_code != status.key:
                     continue  # the code now belongs to another item (a rename); its own status follows
                 updated = attach.with_stock_status(item, status.record)
@@ -505,23 +511,35 @@ class SoapSource:
                 staged = staging.current(self._conn(), "sales_order", key) if key else None
                 if staged is None or staged.parsed is None:
                     continue
-                order = kparse.Parsed("sales_order", key, attach.own_raw(staged.raw),
-                                      SalesOrder.model_validate(staged.parsed), [])
-                edited = (isinstance(status.record, OrderStatus) and order.record.order_amount is not None
-                          and status.record.gross_total is not None
-                          and status.record.gross_total != order.record.order_amount)
+                # A staged form this khaosync's model does not read (an older one staged it, or a
+                # hand edit; map reports it): the order is exported again, as an edited one is.
+                held = _readable(SalesOrder, staged.parsed)
+                order = kparse.Parsed("sales_order", key, attach.own_raw(staged.raw), held, [])
+                edited = held is None or (
+                    isinstance(status.record, OrderStatus) and held.order_amount is not None
+                    and status.record.gross_total is not None and status.record.gross_total != held.order_amount)
                 if edited or self.profile.pull.reexport_open_orders:
                     again, bad = read_document("sales_order", self.client.export_orders(code))
                     rejected.extend(bad)
                     fresh = [p for p in again if p.key == key and p.record is not None]
                     if fresh:
                         order = fresh[0]
+                if order.record is None:
+                    continue  # KC did not give it again either: map's exception stands
                 merged = _merged(order, status, rejected)
-                if merged.record is not None and merged.record == SalesOrder.model_validate(staged.parsed) \
-                        and not merged.problems:
+                if merged.record is not None and merged.record == held and not merged.problems:
                     continue
                 updates.append(merged)
             yield Batch(parsed=updates, rejected=rejected, listed=0)
+
+
+def _readable(model: type[_M], parsed: dict) -> _M | None:
+    """A staged parsed form as ``model`` reads it, or None when it no longer does (a form an
+    older khaosync staged, or one edited by hand; map raises its ``malformed_record``)."""
+    try:
+        return model.model_validate(parsed)
+    except ValidationError:
+        return None
 
 
 def _unreadable_status(key: str | None, status: kparse.Parsed, what: str,
