@@ -1,13 +1,14 @@
 """A state file that stays small (issue 15.4): raw kept deflated and read back byte for byte, a
 ledger body the outbound record holds stored once and never lost, an older store migrated."""
 
+import json
 import os
 import sqlite3
 
 import pytest
 
 from khaosync.ometria import wire
-from khaosync.store import journal, map_state, open_store, outbound, schema, staging
+from khaosync.store import journal, map_state, open_store, outbound, packing, schema, staging
 from khaosync.store.db import PAGE_SIZE, _statements, utcnow
 
 SMALL = next(i for i, (what, _) in enumerate(schema.MIGRATIONS) if what.startswith("a state file that stays small"))
@@ -219,3 +220,80 @@ def test_an_exception_shows_a_deflated_raw_as_the_erp_sent_it(tmp_path):
         assert store.conn.execute("SELECT raw_encoding FROM staged_record").fetchone()[0] == "zlib"
         view = view_record(store.conn, "sales_order:1042")
     assert view.erp[0]["raw"] == XML.decode()
+
+
+PACKED = next(i for i, (what, _) in enumerate(schema.MIGRATIONS) if what.startswith("outbound bodies and lineage packed"))
+LINEAGE = '[{"entity":"sales_order","key":"7","version":2},{"entity":"company","key":"70","version":1}]'
+
+
+def test_the_packing_dictionary_never_changes():
+    """Rows packed with it read back only with the same bytes: a new dictionary is a new encoding."""
+    import hashlib
+
+    assert packing.ENCODING == "zstd-d1"
+    assert hashlib.sha256(packing.DICTIONARY).hexdigest() == (
+        "39371d397e8b4ee4f68e8101c7b301d32d863733da4d6e3c426cd6759dc23632")
+
+
+@pytest.mark.parametrize("data", [b"", b"{}", wire.dumps({"@type": "order", "id": "1", "title": "caf\u00e9 \u00a3"}),
+                                  os.urandom(5000), LINEAGE.encode()])
+def test_a_packed_body_reads_back_byte_for_byte(data):
+    assert packing.unpack(packing.pack(data), packing.ENCODING) == data
+    assert packing.unpack(data, None) == data
+    with pytest.raises(ValueError, match="'zstd-d9'"):
+        packing.unpack(packing.pack(data), "zstd-d9")
+
+
+def test_outbound_records_read_back_exactly_and_sql_reads_their_fields(tmp_path):
+    body = wire.dumps({"@type": "order", "id": "7", "customer": {"id": "70", "email": "a@example.com"},
+                       "lineitems": [{"product_id": "P1", "quantity": 2}], "timestamp": "2024-01-02T03:04:05Z"})
+    with open_store(tmp_path / "state.db") as store:
+        with store.transaction() as conn:
+            conn.execute("INSERT INTO run(id, command, profile, started_at) VALUES (1, 'map', 'test', 'now')")
+            outbound.write(conn, [outbound.NewVersion("order", "7", wire.content_hash(body), body, LINEAGE, "ready",
+                                                      None)], run_id=1, now=utcnow())
+        kept, encoding = store.conn.execute("SELECT length(body), encoding FROM outbound_entry").fetchone()
+        assert encoding == packing.ENCODING and kept < len(body)
+        record = outbound.get(store.conn, "order", "7")
+        assert record.body == body and record.lineage == json.loads(LINEAGE)
+        assert store.conn.execute(
+            "SELECT body, lineage, json_extract(CAST(body AS TEXT), '$.customer.id'), json_extract(j.value, '$.key')"
+            " FROM outbound_record o, json_each(o.lineage) j WHERE j.key = 1").fetchone() == (body, LINEAGE, "70", "70")
+
+
+def test_a_store_before_packing_migrates_and_reads_the_same(tmp_path):
+    path = tmp_path / "state.db"
+    conn = _store_before(path, PACKED)
+    conn.execute("INSERT INTO run(id, command, profile, started_at) VALUES (1, 'map', 'test', 'then')")
+    bodies = {str(i): wire.dumps({"@type": "order", "id": str(i), "customer": {"id": f"c{i}"}, "grand_total": i})
+              for i in range(1, 4)}
+    for id_, body in bodies.items():
+        conn.execute("INSERT INTO outbound_record(type, id, content_hash, body, lineage, state, hold_reason, run_id,"
+                     " mapped_at) VALUES ('order', ?, ?, ?, ?, ?, ?, 1, 'then')",
+                     (id_, wire.content_hash(body), body, LINEAGE, "held" if id_ == "3" else "ready",
+                      "x" if id_ == "3" else None))
+    for id_ in ("1", "2"):  # 1 shares its body with the outbound record; 2 was accepted in another version
+        accepted = bodies[id_] if id_ == "1" else wire.dumps({"@type": "order", "id": "2", "grand_total": 0})
+        conn.execute("INSERT INTO ledger(type, id, content_hash, body, request_id, accepted_at) VALUES"
+                     " ('order', ?, ?, ?, 'req', 'then')", (id_, wire.content_hash(accepted), accepted))
+    before = conn.execute("SELECT id, json_extract(CAST(body AS TEXT), '$.customer.id') FROM ledger ORDER BY id"
+                          ).fetchall()
+    conn.close()
+
+    with open_store(path) as store:
+        conn = store.conn
+        assert store.schema_version == schema.SCHEMA_VERSION
+        assert {r.id: (r.body, r.lineage, r.state, r.hold_reason) for r in outbound.iter_records(conn)} == {
+            id_: (body, json.loads(LINEAGE), "held" if id_ == "3" else "ready", "x" if id_ == "3" else None)
+            for id_, body in bodies.items()}
+        assert dict(conn.execute("SELECT DISTINCT encoding, 1 FROM outbound_entry")) == {packing.ENCODING: 1}
+        assert journal.ledger_body(conn, "order", "1") == bodies["1"]
+        assert dict(conn.execute("SELECT id, body IS NULL FROM ledger_entry")) == {"1": 1, "2": 0}
+        assert conn.execute("SELECT id, json_extract(CAST(body AS TEXT), '$.customer.id') FROM ledger ORDER BY id"
+                            ).fetchall() == before
+        with store.transaction() as c:  # map makes a new body: the ledger keeps the one Ometria accepted
+            new = wire.dumps({"@type": "order", "id": "1", "grand_total": 9})
+            outbound.write(c, [outbound.NewVersion("order", "1", wire.content_hash(new), new, "[]", "ready", None)],
+                           run_id=1, now=utcnow())
+        assert journal.ledger_body(conn, "order", "1") == bodies["1"]
+        assert outbound.get(conn, "order", "1").body == new
