@@ -37,7 +37,7 @@ from khaosync.khaos.models import (
     Address, Company, Contact, CreditNote, CreditNoteLine, Invoice, InvoiceItem, OrderLine, SalesOrder, Scs, StockItem,
     canonical_json, content_hash,
 )
-from khaosync.store import open_store
+from khaosync.store import open_store, staging
 
 FOLDER = Path("/tmp/khaosync-bench")
 PENNY = Decimal("0.01")
@@ -64,7 +64,7 @@ class Synth:
 
     def put(self, record) -> None:
         self.rows.append((record.ENTITY, record.key, 1, content_hash(record), b"<synthesised/>",
-                          canonical_json(record), self.run_id, self.now))
+                          staging.stored_parsed(canonical_json(record)), self.run_id, self.now))  # as pull stages it
         if len(self.rows) >= self.BATCH:
             self.flush()
 

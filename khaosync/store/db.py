@@ -317,6 +317,7 @@ def open_store(path: str | Path, *, write: bool = True, command: str | None = No
         packing.register(conn)  # outbound_record is a view that unpacks its table's bodies
         if write:
             conn.create_function("khaosync_deflate", 1, staging.deflate, deterministic=True)
+            conn.create_function("khaosync_strip_nulls", 1, staging.stored_parsed, deterministic=True)
             _migrate(conn, path)
         return StateStore(path, conn, lock)
     except BaseException:

@@ -555,6 +555,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         END;
         """,
     ),
+    (
+        "staged parsed JSON kept without its null members",
+        """
+        -- json_extract of an absent member is NULL as of a null one, and every nullable field of
+        -- the ERP models defaults to null: the same record in fewer bytes (khaosync.store.staging).
+        -- content_hash stays the hash of the whole canonical text.
+        UPDATE staged_record SET parsed = khaosync_strip_nulls(parsed) WHERE instr(parsed, 'null') > 0;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -134,6 +134,7 @@ def test_the_ledger_view_takes_plain_sql(tmp_path):
 def _store_before(path, version: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.create_function("khaosync_deflate", 1, staging.deflate, deterministic=True)
+    packing.register(conn)
     for _, sql in schema.MIGRATIONS[:version]:
         for statement in _statements(sql):
             conn.execute(statement)
@@ -297,3 +298,89 @@ def test_a_store_before_packing_migrates_and_reads_the_same(tmp_path):
                            run_id=1, now=utcnow())
         assert journal.ledger_body(conn, "order", "1") == bodies["1"]
         assert outbound.get(conn, "order", "1").body == new
+
+
+STRIPPED = next(i for i, (what, _) in enumerate(schema.MIGRATIONS) if what.startswith("staged parsed JSON kept without"))
+
+
+def _nullable_without_null_default() -> list[str]:
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    from khaosync.khaos.models import RECORD_TYPES
+
+    def admits_none(ann) -> bool:
+        if typing.get_origin(ann) in (typing.Union, types.UnionType):
+            return any(admits_none(a) for a in typing.get_args(ann))
+        if typing.get_origin(ann) is typing.Annotated:
+            return admits_none(typing.get_args(ann)[0])
+        return ann is type(None) or ann is typing.Any
+
+    def nested(ann):
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield ann
+        for arg in typing.get_args(ann):
+            yield from nested(arg)
+
+    seen, bad, todo = set(), [], list(RECORD_TYPES.values())
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, f in model.model_fields.items():
+            if admits_none(f.annotation) and (f.is_required() or f.default is not None):
+                bad.append(f"{model.__name__}.{name}")
+            todo.extend(nested(f.annotation))
+    return bad
+
+
+def test_every_erp_field_that_may_be_null_defaults_to_null():
+    """What makes leaving null members out of the staged JSON lossless: the model reads them back."""
+    assert _nullable_without_null_default() == []
+
+
+def test_parsed_is_staged_without_nulls_and_reads_back_the_same_record(tmp_path):
+    from khaosync.khaos.models import SalesOrder, canonical_json, content_hash
+
+    order = SalesOrder(sorder_id=7, sorder_code="SO7", company_id=None, lines=[], status=None)
+    whole = canonical_json(order)
+    with open_store(tmp_path / "state.db") as store:
+        run = store.start_run("pull", "test")
+        with store.transaction() as conn:
+            staging.stage(conn, entity="sales_order", key="7", raw=b"<x/>", parsed=whole,
+                          content_hash=content_hash(order), run_id=run, seen_at=utcnow())
+        text, digest, company, missing = store.conn.execute(
+            "SELECT parsed, content_hash, json_extract(parsed, '$.company_id'), json_extract(parsed, '$.nothing')"
+            " FROM staged_record").fetchone()
+        assert "null" in whole and "null" not in text and len(text) < len(whole)
+        assert digest == content_hash(order) and company is None and missing is None
+        assert SalesOrder.model_validate(staging.current(store.conn, "sales_order", "7").parsed) == order
+
+
+def test_a_store_with_null_members_migrates_and_answers_the_same(tmp_path):
+    path = tmp_path / "state.db"
+    conn = _store_before(path, STRIPPED)
+    conn.execute("INSERT INTO run(id, command, profile, started_at) VALUES (1, 'pull', 'test', 'then')")
+    docs = {"1": {"sorder_id": 1, "company_id": None, "lines": [{"stock_id": None, "stock_code": "A"}, None],
+                  "cancellation": {"when": None}, "note": "null and void"},
+            "2": {"sorder_id": 2, "company_id": 70, "status": "x"}}
+    for key, doc in docs.items():
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        conn.execute("INSERT INTO staged_record(entity, key, version, content_hash, raw, parsed, run_id, seen_at)"
+                     " VALUES ('sales_order', ?, 1, ?, x'00', ?, 1, 'then')", (key, key, text))
+    queries = ("SELECT key, json_extract(parsed, '$.company_id'), json_extract(parsed, '$.cancellation.when'),"
+               " json_extract(parsed, '$.note') FROM staged_record ORDER BY key",
+               "SELECT s.key, l.key, json_extract(l.value, '$.stock_id'), json_extract(l.value, '$.stock_code')"
+               " FROM staged_record s, json_each(s.parsed, '$.lines') l ORDER BY 1, 2",
+               "SELECT key FROM staged_record WHERE entity = 'sales_order' AND current = 1"
+               " AND json_extract(parsed, '$.company_id') = 70")
+    before = [conn.execute(q).fetchall() for q in queries]
+    conn.close()
+    with open_store(path) as store:
+        assert [store.conn.execute(q).fetchall() for q in queries] == before
+        assert dict(store.conn.execute("SELECT key, parsed FROM staged_record")) == {
+            "1": '{"cancellation":{},"lines":[{"stock_code":"A"},null],"note":"null and void","sorder_id":1}',
+            "2": '{"company_id":70,"sorder_id":2,"status":"x"}'}
