@@ -141,6 +141,8 @@ def _lookups(conn: sqlite3.Connection, store: StateStore) -> None:
     staging.keys_by_alias(conn, "sales_order", "stock_code", "C3")
     outbound.existing(conn, "order", ["1", "2"])
     outbound.get(conn, "order", "1")
+    outbound.write(conn, [outbound.NewVersion("order", "1", "h2", b'{"id":"1"}', "[]", "ready", None),
+                          outbound.NewVersion("order", "2", None, None, None, "held", "x")], run_id=1, now=utcnow())
     store.resolve_unseen_exceptions(10**6, "map", ["malformed_record"], entity="sales_order")
     map_state.latest_staged_run(conn)
     map_state.staged_since(conn, 0, 10**6)
