@@ -15,13 +15,14 @@ not near the ratio of the sizes.
     .venv/bin/python bench/map.py                                  # 100,000 then 1,000,000 orders
     .venv/bin/python bench/map.py --orders 50000 --baseline 10000  # a quick look
 
-Synthesised stores are cached under /tmp/khaosync-bench/ by size and seed.
+Synthesised stores are cached under /tmp/khaosync-bench/ (or ``$KHAOSYNC_BENCH_DIR``) by size and seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -37,9 +38,9 @@ from khaosync.khaos.models import (
     Address, Company, Contact, CreditNote, CreditNoteLine, Invoice, InvoiceItem, OrderLine, SalesOrder, Scs, StockItem,
     canonical_json, content_hash,
 )
-from khaosync.store import open_store
+from khaosync.store import open_store, staging
 
-FOLDER = Path("/tmp/khaosync-bench")
+FOLDER = Path(os.environ.get("KHAOSYNC_BENCH_DIR", "/tmp/khaosync-bench"))  # own folder: no clash
 PENNY = Decimal("0.01")
 COLOURS = ("Black", "Navy", "White", "Grey Marl", "Oatmeal", "Forest Green", "Rust", "Burgundy")
 SIZES = ("XS", "S", "M", "L", "XL")
@@ -64,7 +65,7 @@ class Synth:
 
     def put(self, record) -> None:
         self.rows.append((record.ENTITY, record.key, 1, content_hash(record), b"<synthesised/>",
-                          canonical_json(record), self.run_id, self.now))
+                          staging.stored_parsed(canonical_json(record)), self.run_id, self.now))  # as pull stages it
         if len(self.rows) >= self.BATCH:
             self.flush()
 

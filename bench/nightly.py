@@ -69,7 +69,8 @@ class SizedSynth(map_bench.Synth):
     def put(self, record) -> None:
         parsed = map_bench.canonical_json(record)
         raw, encoding = staging.encode_raw(parsed.encode())  # kept as pull keeps it
-        self.rows.append((record.ENTITY, record.key, 1, map_bench.content_hash(record), raw, encoding, parsed,
+        self.rows.append((record.ENTITY, record.key, 1, map_bench.content_hash(record), raw, encoding,
+                          staging.stored_parsed(parsed),
                           self.run_id, self.now))
         if len(self.rows) >= self.BATCH:
             self.flush()

@@ -18,6 +18,7 @@ against the models' so a new field cannot be forgotten).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated
@@ -175,14 +176,31 @@ _ENCODER = msgspec.json.Encoder(order="sorted")
 _BYTES = tuple(n.encode() for n in _NOT_NUMBERS)
 
 
+# A member whose value is null, in JSON as the mirror writes it (sorted keys, no spaces, every '"'
+# inside a string escaped, so '{"' and ',"' followed by a name and '":' only open a member):
+# after another member, then first (with the comma after it, or alone in its object).
+_NULL_AFTER = re.compile(rb',"[A-Za-z0-9_@]+":null(?=[,}])')
+_NULL_FIRST = re.compile(rb'\{"[A-Za-z0-9_@]+":null(?:,|(?=\}))')
+
+
+def _without_nulls(written: bytes) -> bytes:
+    """The mirror's text without its null members: what ``stored_parsed`` makes of the same record."""
+    return _NULL_FIRST.sub(b"{", _NULL_AFTER.sub(b"", written))
+
+
 def _read(decoder: msgspec.json.Decoder, text: str | bytes):
     data = text.encode() if isinstance(text, str) else text
     try:
         mirror = decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError, ValueError, OverflowError):
         return None
-    # Canonical text is exactly what the mirror writes back; anything else is pydantic's to read.
-    if _ENCODER.encode(mirror) != data or any(n in text for n in (_NOT_NUMBERS if isinstance(text, str) else _BYTES)):
+    # Canonical text is exactly what the mirror writes back, as staged (its null members left
+    # out: store.staging.stored_parsed) or whole (as before schema 12); anything else is
+    # pydantic's to read.
+    written = _ENCODER.encode(mirror)
+    if written != data and _without_nulls(written) != data:
+        return None
+    if any(n in text for n in (_NOT_NUMBERS if isinstance(text, str) else _BYTES)):
         return None
     return mirror if all(t is None or t.tzinfo is UTC for t in mirror.times()) else None
 

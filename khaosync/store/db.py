@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from khaosync.errors import ConfigError
-from khaosync.store import staging
+from khaosync.store import packing, staging
 from khaosync.store.lock import StateLock
 from khaosync.store.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -314,8 +314,10 @@ def open_store(path: str | Path, *, write: bool = True, command: str | None = No
         # 64 MiB of page cache (SQLite's default is 2): a large store's indexes stay in memory
         # across a run's batches instead of being read again (bench/map.py, peak RSS bounded).
         conn.execute("PRAGMA cache_size = -65536")
+        packing.register(conn)  # outbound_record is a view that unpacks its table's bodies
         if write:
             conn.create_function("khaosync_deflate", 1, staging.deflate, deterministic=True)
+            conn.create_function("khaosync_strip_nulls", 1, staging.stored_parsed, deterministic=True)
             _migrate(conn, path)
         return StateStore(path, conn, lock)
     except BaseException:

@@ -161,4 +161,5 @@ def get_run(conn: sqlite3.Connection, run_id: int) -> RunDetail | None:
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?",
+                        (name,)).fetchone() is not None

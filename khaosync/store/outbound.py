@@ -7,6 +7,10 @@ the state or the hold reason), so mapping the same staged records twice writes n
 second time and ``run_id``/``mapped_at`` say when the body last changed.
 
 ``map`` never deletes a row: Ometria has no delete either (voiding is diff's business).
+
+The rows live in ``outbound_entry`` with body and lineage packed (``khaosync.store.packing``);
+``outbound_record`` is a view that unpacks them for SQL. This module writes the table and
+unpacks in Python, which is cheaper than the view's SQL function for a stream of rows.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from typing import Iterator, Literal
+
+from khaosync.store import packing
 
 State = Literal["ready", "held"]
 Written = Literal["new", "changed", "unchanged"]
@@ -63,11 +69,13 @@ class NewVersion:
         return content and self.state == stored.state and self.hold_reason == stored.hold_reason
 
 
-_COLUMNS = "type, id, content_hash, body, lineage, state, hold_reason, run_id, mapped_at"
+_COLUMNS = "type, id, content_hash, body, lineage, state, hold_reason, run_id, mapped_at, encoding"
+_WRITTEN = "type, id, content_hash, body, lineage, encoding, state, hold_reason, run_id, mapped_at"
 
 
 def _row(r: tuple) -> OutboundRecord:
-    return OutboundRecord(r[0], r[1], r[2], bytes(r[3]), json.loads(r[4]), r[5], r[6], r[7], r[8])
+    return OutboundRecord(r[0], r[1], r[2], bytes(packing.unpack(r[3], r[9])), json.loads(packing.unpack(r[4], r[9])),
+                          r[5], r[6], r[7], r[8])
 
 
 def existing(conn: sqlite3.Connection, type_: str, ids: list[str]) -> dict[str, Stored]:
@@ -77,7 +85,7 @@ def existing(conn: sqlite3.Connection, type_: str, ids: list[str]) -> dict[str, 
         chunk = ids[start:start + _IN_CHUNK]
         marks = ",".join("?" * len(chunk))
         for id_, digest, state, reason in conn.execute(
-            f"SELECT id, content_hash, state, hold_reason FROM outbound_record WHERE type = ? AND id IN ({marks})",
+            f"SELECT id, content_hash, state, hold_reason FROM outbound_entry WHERE type = ? AND id IN ({marks})",
             (type_, *chunk),
         ):
             found[id_] = Stored(digest, state, reason)
@@ -109,19 +117,21 @@ def write(conn: sqlite3.Connection, versions: list[NewVersion], *, run_id: int, 
                 continue  # nothing stored and nothing to store
             moves.append((v.state, v.hold_reason, run_id, now, v.type, v.id))
         else:
-            upserts.append((v.type, v.id, v.content_hash, v.body, v.lineage, v.state, v.hold_reason, run_id, now))
+            upserts.append((v.type, v.id, v.content_hash, packing.pack(v.body), None if v.lineage is None else packing.pack(v.lineage),
+                            packing.ENCODING, v.state, v.hold_reason, run_id, now))
         outcomes[v.id] = "new" if before is None else "changed"
     if upserts:
         conn.executemany(
-            f"""INSERT INTO outbound_record({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)
+            f"""INSERT INTO outbound_entry({_WRITTEN}) VALUES (?,?,?,?,?,?,?,?,?,?)
                 ON CONFLICT(type, id) DO UPDATE SET content_hash = excluded.content_hash, body = excluded.body,
-                    lineage = excluded.lineage, state = excluded.state, hold_reason = excluded.hold_reason,
+                    lineage = excluded.lineage, encoding = excluded.encoding, state = excluded.state,
+                    hold_reason = excluded.hold_reason,
                     run_id = excluded.run_id, mapped_at = excluded.mapped_at""",
             upserts,
         )
     if moves:
         conn.executemany(
-            "UPDATE outbound_record SET state = ?, hold_reason = ?, run_id = ?, mapped_at = ? WHERE type = ? AND id = ?",
+            "UPDATE outbound_entry SET state = ?, hold_reason = ?, run_id = ?, mapped_at = ? WHERE type = ? AND id = ?",
             moves,
         )
     return outcomes
@@ -133,7 +143,7 @@ def upsert(conn: sqlite3.Connection, version: NewVersion, *, run_id: int, now: s
 
 
 def get(conn: sqlite3.Connection, type_: str, id_: str) -> OutboundRecord | None:
-    r = conn.execute(f"SELECT {_COLUMNS} FROM outbound_record WHERE type = ? AND id = ?", (type_, id_)).fetchone()
+    r = conn.execute(f"SELECT {_COLUMNS} FROM outbound_entry WHERE type = ? AND id = ?", (type_, id_)).fetchone()
     return _row(r) if r else None
 
 
@@ -149,7 +159,7 @@ def _where(type_: str | None, state: str | None) -> tuple[str, list[str]]:
 def iter_records(conn: sqlite3.Connection, type_: str | None = None, state: str | None = None) -> Iterator[OutboundRecord]:
     """Records in (type, id) order, streamed."""
     where, args = _where(type_, state)
-    for r in conn.execute(f"SELECT {_COLUMNS} FROM outbound_record WHERE {where} ORDER BY type, id", args):
+    for r in conn.execute(f"SELECT {_COLUMNS} FROM outbound_entry WHERE {where} ORDER BY type, id", args):
         yield _row(r)
 
 

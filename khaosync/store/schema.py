@@ -511,6 +511,98 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX outbound_diff ON outbound_record(type, id, content_hash, state, hold_reason);
         """,
     ),
+    (
+        "outbound bodies and lineage packed (zstd with a dictionary of their shapes) behind an outbound_record view",
+        """
+        -- What map made, its body and lineage packed (khaosync.store.packing: zstd primed with a
+        -- fixed dictionary of the records' key names); ``encoding`` NULL: kept as they are.
+        -- ``outbound_record`` is a view that unpacks them: every reader sees the bytes push sends.
+        CREATE TABLE outbound_entry (
+            type         TEXT NOT NULL,     -- contact | order | product
+            id           TEXT NOT NULL,     -- the Ometria id (never personal data)
+            content_hash TEXT NOT NULL,     -- sha256 of the body (as sent, not as packed)
+            body         BLOB NOT NULL,     -- packed: canonical JSON, what push sends byte for byte
+            lineage      BLOB NOT NULL,     -- packed: JSON [{"entity", "key", "version"}]
+            encoding     TEXT CHECK (encoding IS NULL OR encoding = 'zstd-d1'),
+            state        TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'held')),
+            hold_reason  TEXT,
+            run_id       INTEGER NOT NULL REFERENCES run(id),
+            mapped_at    TEXT NOT NULL,
+            PRIMARY KEY (type, id)
+        );
+        INSERT INTO outbound_entry(type, id, content_hash, body, lineage, encoding, state, hold_reason, run_id,
+                                   mapped_at)
+            SELECT type, id, content_hash, khaosync_pack(body), khaosync_pack(lineage), 'zstd-d1', state,
+                   hold_reason, run_id, mapped_at
+            FROM outbound_record ORDER BY type, id;
+        DROP TABLE outbound_record;     -- and the triggers that kept the ledger's bodies: again below
+        CREATE VIEW outbound_record AS
+            SELECT type, id, content_hash, khaosync_unpack(body, encoding) AS body,
+                   khaosync_unpack_text(lineage, encoding) AS lineage, state, hold_reason, run_id, mapped_at
+            FROM outbound_entry;
+
+        -- A ledger entry with no body shares the outbound record's (schema 9): before that body
+        -- changes or goes, the entry gets it, unpacked. (The ledger view reads outbound_record.)
+        CREATE TRIGGER outbound_insert_keeps_ledger_body BEFORE INSERT ON outbound_entry
+        WHEN EXISTS (SELECT 1 FROM ledger_entry WHERE type = new.type AND id = new.id AND body IS NULL)
+        BEGIN  -- an upsert or INSERT OR REPLACE over the row the ledger shares
+            UPDATE ledger_entry SET body = (SELECT khaosync_unpack(o.body, o.encoding) FROM outbound_entry o
+                                            WHERE o.type = new.type AND o.id = new.id)
+                WHERE type = new.type AND id = new.id AND body IS NULL
+                AND EXISTS (SELECT 1 FROM outbound_entry o WHERE o.type = new.type AND o.id = new.id
+                            AND (o.body IS NOT new.body OR o.encoding IS NOT new.encoding));
+        END;
+        CREATE TRIGGER outbound_update_keeps_ledger_body BEFORE UPDATE ON outbound_entry
+        WHEN old.body IS NOT new.body OR old.encoding IS NOT new.encoding OR old.type IS NOT new.type
+             OR old.id IS NOT new.id
+        BEGIN
+            UPDATE ledger_entry SET body = khaosync_unpack(old.body, old.encoding)
+                WHERE type = old.type AND id = old.id AND body IS NULL;
+        END;
+        CREATE TRIGGER outbound_delete_keeps_ledger_body BEFORE DELETE ON outbound_entry
+        BEGIN
+            UPDATE ledger_entry SET body = khaosync_unpack(old.body, old.encoding)
+                WHERE type = old.type AND id = old.id AND body IS NULL;
+        END;
+
+        -- Plain INSERT/UPDATE/DELETE on the view (a script, a sqlite3 shell with the functions)
+        -- pack as khaosync does.
+        CREATE TRIGGER outbound_record_insert INSTEAD OF INSERT ON outbound_record
+        BEGIN
+            INSERT INTO outbound_entry(type, id, content_hash, body, lineage, encoding, state, hold_reason, run_id,
+                                       mapped_at)
+                VALUES (new.type, new.id, new.content_hash, khaosync_pack(new.body), khaosync_pack(new.lineage),
+                        'zstd-d1', coalesce(new.state, 'ready'), new.hold_reason, new.run_id, new.mapped_at);
+        END;
+        CREATE TRIGGER outbound_record_update INSTEAD OF UPDATE ON outbound_record
+        BEGIN
+            UPDATE outbound_entry SET type = new.type, id = new.id, content_hash = new.content_hash,
+                body = CASE WHEN new.body IS old.body AND new.lineage IS old.lineage THEN body
+                            ELSE khaosync_pack(new.body) END,
+                lineage = CASE WHEN new.body IS old.body AND new.lineage IS old.lineage THEN lineage
+                               ELSE khaosync_pack(new.lineage) END,
+                encoding = CASE WHEN new.body IS old.body AND new.lineage IS old.lineage THEN encoding
+                                ELSE 'zstd-d1' END,
+                state = new.state, hold_reason = new.hold_reason, run_id = new.run_id, mapped_at = new.mapped_at
+                WHERE type = old.type AND id = old.id;
+        END;
+        CREATE TRIGGER outbound_record_delete INSTEAD OF DELETE ON outbound_record
+        BEGIN
+            DELETE FROM outbound_entry WHERE type = old.type AND id = old.id;
+        END;
+        -- What a whole diff reads of an outbound record (schema 11's index, on the table it moved to).
+        CREATE INDEX outbound_diff ON outbound_entry(type, id, content_hash, state, hold_reason);
+        """,
+    ),
+    (
+        "staged parsed JSON kept without its null members",
+        """
+        -- json_extract of an absent member is NULL as of a null one, and every nullable field of
+        -- the ERP models defaults to null: the same record in fewer bytes (khaosync.store.staging).
+        -- content_hash stays the hash of the whole canonical text.
+        UPDATE staged_record SET parsed = khaosync_strip_nulls(parsed) WHERE instr(parsed, 'null') > 0;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,6 +5,11 @@ An unchanged record adds no version; a changed one becomes version n+1 and the o
 
 ``raw`` is kept deflated (``raw_encoding = 'zlib'``) where that is smaller, and read back here
 byte for byte; a reader outside this module selects ``raw, raw_encoding`` and calls ``raw_bytes``.
+
+``parsed`` is the record's canonical JSON without the members whose value is null
+(``stored_parsed``): SQL's ``json_extract`` of an absent member is NULL as of a null one, and
+every field of the ERP models that may be null defaults to null, so the models read the same
+record back. ``content_hash`` stays the hash of the whole canonical text (nulls included).
 """
 
 from __future__ import annotations
@@ -55,6 +60,23 @@ def raw_bytes(stored: bytes | None, encoding: str | None) -> bytes | None:
     raise ValueError(f"raw kept as {encoding!r}: this khaosync cannot read it")
 
 
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]  # a null in a list keeps its place
+    return value
+
+
+def stored_parsed(parsed: str | None) -> str | None:
+    """The stored form of a canonical parsed text: its null members left out, the rest canonical
+    as it came (also ``khaosync_strip_nulls`` in SQL, for the migration)."""
+    if parsed is None or "null" not in parsed:
+        return parsed
+    return json.dumps(_without_nulls(json.loads(parsed)), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False)
+
+
 def stage(conn: sqlite3.Connection, *, entity: str, key: str, raw: bytes, parsed: str | None, content_hash: str,
           run_id: int, seen_at: str, aliases: dict[str, str] | None = None) -> Outcome:
     """Store one record if it is new or changed. Call inside the batch's transaction."""
@@ -67,6 +89,7 @@ def stage(conn: sqlite3.Connection, *, entity: str, key: str, raw: bytes, parsed
     if row is not None:
         conn.execute("UPDATE staged_record SET current = 0 WHERE entity = ? AND key = ? AND current = 1", (entity, key))
     stored, encoding = encode_raw(raw)
+    parsed = stored_parsed(parsed)
     conn.execute(
         "INSERT INTO staged_record(entity, key, version, content_hash, raw, raw_encoding, parsed, run_id, seen_at,"
         " current) VALUES (?,?,?,?,?,?,?,?,?,1)",

@@ -57,7 +57,7 @@ def test_runs_show_says_what_a_run_read_made_and_opened(runner):
     data = json.loads(runner.invoke(app, ["runs", "show", "1", "--json"]).stdout)
     with sqlite3.connect(".khaosync/state.db") as conn:
         staged = dict(conn.execute("SELECT entity, count(*) FROM staged_record WHERE run_id = 1 GROUP BY entity"))
-        mapped = dict(conn.execute("SELECT type, count(*) FROM outbound_record WHERE run_id = 1 GROUP BY type"))
+        mapped = dict(conn.execute("SELECT type, count(*) FROM outbound_entry WHERE run_id = 1 GROUP BY type"))
         opened = [r[0] for r in conn.execute("SELECT id FROM exception WHERE first_run = 1 ORDER BY id")]
         plans = [r[0] for r in conn.execute("SELECT id FROM plan WHERE run_id = 1 ORDER BY created_at, rowid")]
     assert data["sandbox"] is True and data["command"] == "sync"

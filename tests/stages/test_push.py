@@ -41,7 +41,7 @@ from khaosync.stages.push import (
     differences,
     push_plan,
 )
-from khaosync.store import StateStore, journal, open_store, plans
+from khaosync.store import StateStore, journal, open_store, outbound, plans
 from khaosync.store.db import utcnow
 
 KEY = "sandbox-key"
@@ -84,10 +84,8 @@ def make_plan(store: StateStore, plan_id: str, docs: list[dict], change: str = "
         for doc in docs:
             body = wire.dumps(doc)
             digest = wire.content_hash(body)
-            c.execute("INSERT INTO outbound_record(type, id, content_hash, body, lineage, run_id, mapped_at) "
-                      "VALUES (?, ?, ?, ?, '[]', ?, ?) ON CONFLICT(type, id) DO UPDATE SET "
-                      "content_hash = excluded.content_hash, body = excluded.body, state = 'ready'",
-                      (doc["@type"], doc["id"], digest, body, run, now))
+            outbound.write(c, [outbound.NewVersion(doc["@type"], doc["id"], digest, body, "[]", "ready", None)],
+                           run_id=run, now=now)
             plans.add_records(c, plan_id, [(doc["@type"], doc["id"], change, digest, body)])
 
 
