@@ -195,7 +195,7 @@ def _read(decoder: msgspec.json.Decoder, text: str | bytes):
     except (msgspec.ValidationError, msgspec.DecodeError, ValueError, OverflowError):
         return None
     # Canonical text is exactly what the mirror writes back, as staged (its null members left
-    # out: store.staging.stored_parsed) or whole (as before schema 12); anything else is
+    # out: store.staging.stored_parsed) or whole (as before schema 13); anything else is
     # pydantic's to read.
     written = _ENCODER.encode(mirror)
     if written != data and _without_nulls(written) != data:
