@@ -22,6 +22,7 @@ from typing import Iterator
 
 from khaosync.detectors import Check, DetectorContext, Finding, amount, ref
 from khaosync.ometria import wire
+from khaosync.store import staging
 
 TYPE = "refund_gap"
 
@@ -62,16 +63,12 @@ def credit_notes_of(ctx: DetectorContext, keys: set[str]) -> dict[str, list[tupl
     again, and a note that starts to point at it since would be missed)."""
     out: dict[str, list[tuple[str, Decimal, str]]] = {}
     # The order id as KC's model holds it (an integer), and as text, should a record carry it so.
-    wanted = sorted({int(k) for k in keys if k.isdigit()}) + sorted(keys)
-    for start in range(0, len(wanted), 500):
-        part = wanted[start:start + 500]
-        for sorder, key, total, code in ctx.conn.execute(
-                "SELECT CAST(json_extract(parsed, '$.sorder_id') AS TEXT), key, json_extract(parsed, '$.total'), "
-                "json_extract(parsed, '$.credit_code') FROM staged_record INDEXED BY staged_credit_order "
-                "WHERE entity = 'credit_note' AND current = 1 AND parsed IS NOT NULL "
-                f"AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))})", part):
-            if sorder is not None and sorder in keys:
-                out.setdefault(sorder, []).append((key, _decimal(total), code or key))
+    wanted = {int(k) for k in keys if k.isdigit()} | set(keys)
+    for sorder, key, total, code in staging.credit_notes_of_orders(
+            ctx.conn, wanted, "CAST(json_extract(parsed, '$.sorder_id') AS TEXT), key, json_extract(parsed, '$.total'), "
+            "json_extract(parsed, '$.credit_code')"):
+        if sorder is not None and sorder in keys:
+            out.setdefault(sorder, []).append((key, _decimal(total), code or key))
     for found in out.values():
         found.sort()  # key order, as the scan gives them
     return out

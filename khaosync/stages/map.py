@@ -373,15 +373,10 @@ class _MapRun:
     def credit_notes_of(self, sorder_ids: list[int]) -> dict[int, list[tuple]]:
         """The batch's credit notes by sales order, in credit key order, read once each."""
         notes: dict[int, list[tuple]] = {}
-        ids = sorted(set(sorder_ids))
-        for start in range(0, len(ids), 500):
-            part = ids[start:start + 500]
-            for sorder_id, parsed, version in self.conn.execute(
-                    "SELECT json_extract(parsed, '$.sorder_id'), parsed, version FROM staged_record"
-                    " INDEXED BY staged_credit_order WHERE entity = 'credit_note' AND current = 1"
-                    f" AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))}) ORDER BY 1, key", part):
-                note = canonical.credit_note(parsed) or CreditNote.model_validate_json(parsed)
-                notes.setdefault(sorder_id, []).append((note, version))
+        for sorder_id, parsed, version in staging.credit_notes_of_orders(
+                self.conn, sorder_ids, "json_extract(parsed, '$.sorder_id'), parsed, version"):
+            note = canonical.credit_note(parsed) or CreditNote.model_validate_json(parsed)
+            notes.setdefault(sorder_id, []).append((note, version))
         return notes
 
     def order_reads(self, order: SalesOrder) -> set[map_state.Read]:
@@ -394,15 +389,19 @@ class _MapRun:
         for line in order.lines:
             if line.stock_id is not None:
                 reads.add(("stock_item", str(line.stock_id)))
-                ref = self.catalogue.get(line.stock_id)
+                self._item_reads(reads, self.catalogue.get(line.stock_id))
             else:
                 reads.add(("stock_item.stock_code", line.stock_code))
-                ref = self.catalogue.by_code(line.stock_code)
-            if ref is not None:
-                reads.add(("stock_item", str(ref.stock_id)))
-                if ref.parent_id is not None:
-                    reads.add(("stock_item", str(ref.parent_id)))
+                self._item_reads(reads, self.catalogue.by_code(line.stock_code))
         return reads
+
+    @staticmethod
+    def _item_reads(reads: set[map_state.Read], ref: ProductRef | None) -> None:
+        """The catalogue item an order line resolved to, and its style (an SCS child's parent)."""
+        if ref is not None:
+            reads.add(("stock_item", str(ref.stock_id)))
+            if ref.parent_id is not None:
+                reads.add(("stock_item", str(ref.parent_id)))
 
     def loose_order_reads(self, key: str, parsed: str) -> set[map_state.Read]:
         """``order_reads`` of a staged form the model does not read, from what its JSON names:
@@ -422,17 +421,12 @@ class _MapRun:
             if not isinstance(line, dict):
                 continue
             stock_id, code = line.get("stock_id"), line.get("stock_code")
-            ref = None
             if isinstance(stock_id, (int, str)) and not isinstance(stock_id, bool):
                 reads.add(("stock_item", str(stock_id)))
-                ref = self.catalogue.get(int(stock_id)) if str(stock_id).isdigit() else None
+                self._item_reads(reads, self.catalogue.get(int(stock_id)) if str(stock_id).isdigit() else None)
             elif isinstance(code, str):
                 reads.add(("stock_item.stock_code", code))
-                ref = self.catalogue.by_code(code)
-            if ref is not None:
-                reads.add(("stock_item", str(ref.stock_id)))
-                if ref.parent_id is not None:
-                    reads.add(("stock_item", str(ref.parent_id)))
+                self._item_reads(reads, self.catalogue.by_code(code))
         return reads
 
     def orders(self, result: EntityResult, keys: set[str] | None = None) -> None:
@@ -516,33 +510,22 @@ class _MapRun:
             return keys
         reads = self.invalidated(changed) | {("contact", str(c)) for c in moved}
         keys = map_state.readers(self.conn, reads, "order") | {k for e, k in reads if e == "sales_order"}
-        # The notes of every order looked at again are in the run's scope (``scope_of``): their
-        # refund gaps are answered too, or a gap still open would be closed unseen.
-        self.credit_candidates = self._credit_candidates(changed, mark.staged_run) | self._notes_of_orders(
-            int(k) for k in keys if k.isdigit())
+        self.credit_candidates = self._credit_candidates(changed, mark.staged_run, keys)
         return keys
 
-    def _credit_candidates(self, changed: list[tuple[str, str]], after: int) -> set[str]:
+    def _credit_candidates(self, changed: list[tuple[str, str]], after: int, orders: set[str]) -> set[str]:
         """The credit notes whose refund gap may have opened or closed since the mark: those
-        staged since, those of the orders staged since, and those of orders a pull --since has
-        listed outside its window since (any other note's order is as it was). ``dirty`` adds
-        the notes of the orders it maps again: they are in the run's scope."""
+        staged since, those of the ``orders`` this run maps again (every order staged since is
+        one), and those of orders a pull --since has listed outside its window since (any other
+        note's order is as it was). The notes of the orders mapped again are in the run's scope
+        (``resolve``): their gaps are answered, or one still open would be closed unseen."""
         notes = {k for e, k in changed if e == "credit_note"}
-        orders = {int(k) for e, k in changed if e == "sales_order" and k.isdigit()} | {
-            int(k) for (k,) in self.conn.execute("SELECT key FROM order_outside_window WHERE run_id > ?", (after,))
-            if k.isdigit()}
-        return notes | self._notes_of_orders(orders)
+        outside = {k for (k,) in self.conn.execute("SELECT key FROM order_outside_window WHERE run_id > ?", (after,))}
+        return notes | self._notes_of_orders(int(k) for k in orders | outside if k.isdigit())
 
     def _notes_of_orders(self, sorder_ids: Iterable[int]) -> set[str]:
         """The keys of the current credit notes of these sales orders (through the index)."""
-        notes: set[str] = set()
-        ordered = sorted(set(sorder_ids))
-        for start in range(0, len(ordered), 500):
-            part = ordered[start:start + 500]
-            notes.update(k for (k,) in self.conn.execute(
-                "SELECT key FROM staged_record INDEXED BY staged_credit_order WHERE entity = 'credit_note'"
-                f" AND current = 1 AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))})", part))
-        return notes
+        return {k for (k,) in staging.credit_notes_of_orders(self.conn, sorder_ids, "key")}
 
     def scope_of(self, name: str, keys: set[str]) -> set[tuple[str, str]]:
         """The (entity, key) pairs an incremental run of ``name`` looked at again."""
@@ -554,8 +537,7 @@ class _MapRun:
                 for text in map_state.versions(self.conn, "company", key):
                     scope.update(DERIVED_KEYS["company"](json.loads(text)))
             return scope
-        return {("sales_order", k) for k in keys} | {
-            ("credit_note", k) for k in self._notes_of_orders(int(k) for k in keys if k.isdigit())}
+        return {("sales_order", k) for k in keys}  # and their credit notes: ``credit_candidates``
 
     def resolve(self, name: str, scope: set[tuple[str, str]] | None) -> None:
         """Close the findings this run no longer saw: all of the entity's (a full run), or only

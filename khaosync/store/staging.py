@@ -18,7 +18,7 @@ import json
 import sqlite3
 import zlib
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Iterable, Iterator, Literal
 
 Outcome = Literal["new", "changed", "unchanged"]
 
@@ -124,6 +124,19 @@ def current_of(conn: sqlite3.Connection, entity: str, keys: list[str]) -> list[S
     rows = conn.execute(f"SELECT {_COLUMNS} FROM staged_record WHERE entity = ? AND current = 1"
                         f" AND key IN ({','.join('?' * len(keys))}) ORDER BY key", (entity, *keys)).fetchall()
     return [_row(r) for r in rows]
+
+
+def credit_notes_of_orders(conn: sqlite3.Connection, sorder_ids: Iterable[int | str], columns: str) -> Iterator[tuple]:
+    """``columns`` (SQL over a staged row: ``key``, ``version``, ``parsed``) of the current credit
+    notes whose order id is one of ``sorder_ids``, through the index on it (``staged_credit_order``),
+    in order id then key order. KC's model holds the id as an integer; text matches text."""
+    ids = sorted(set(sorder_ids), key=lambda v: (isinstance(v, str), v))
+    for start in range(0, len(ids), 500):
+        part = ids[start:start + 500]
+        yield from conn.execute(
+            f"SELECT {columns} FROM staged_record INDEXED BY staged_credit_order WHERE entity = 'credit_note'"
+            f" AND current = 1 AND json_extract(parsed, '$.sorder_id') IN ({','.join('?' * len(part))})"
+            " ORDER BY json_extract(parsed, '$.sorder_id'), key", part)
 
 
 def history(conn: sqlite3.Connection, entity: str, key: str) -> list[StagedRecord]:

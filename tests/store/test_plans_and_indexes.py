@@ -155,6 +155,7 @@ def _lookups(conn: sqlite3.Connection, store: StateStore) -> None:
     map_state.get_mark(conn, "orders")
     map_state.shared_decisions(conn, "orders")
     staging.current_of(conn, "sales_order", ["1", "2"])
+    list(staging.credit_notes_of_orders(conn, [1, "2"], "key"))
     conn.create_function("khaosync_email_key", 1, lambda e: e, deterministic=True)
     contact_index.refresh(conn, ["1", "2"])
     contact_index.customers(conn, [7001, 7002])
